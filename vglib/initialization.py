@@ -1,0 +1,131 @@
+"""Named weight-initialisation schemes, applied to the Linear and Conv layers of any module.
+
+| scheme       | weights                                   | Var(W_ij)             | biases        |
+|--------------|-------------------------------------------|-----------------------|---------------|
+| ``default``  | PyTorch's own ``reset_parameters``:       | 1 / (3 fan_in)        | U(+-1/sqrt(fan_in)) |
+|              | U(+-1/sqrt(fan_in)) (kaiming_uniform, a=sqrt 5) |                 |               |
+| ``small``    | N(0, 0.01^2)                              | 1e-4                  | 0             |
+| ``xavier``   | U(+-sqrt(6/(fan_in+fan_out))), Glorot & Bengio's "normalised" init | 2/(fan_in+fan_out) | 0 |
+| ``he``       | N(0, 2/fan_in), He et al. (2015)          | 2 / fan_in            | 0             |
+| ``orthogonal`` | a random orthogonal matrix, gain 1 (Saxe et al. 2013) | 1 / max(fan_in, fan_out) | 0 |
+| ``lecun``    | N(0, 1/fan_in) (LeCun et al. 1998)        | 1 / fan_in            | 0             |
+
+The schemes do not depend on the activation: ``he`` is the ReLU gain whatever the network uses,
+which is exactly what lets the book show a scheme meeting the wrong activation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._seed import torch_seed
+from ._validation import check_choice
+
+__all__ = [
+    "INITS",
+    "init_layer",
+    "init_variance",
+    "init_weights",
+    "layer_seed",
+    "weight_layers",
+]
+
+INITS: tuple[str, ...] = ("default", "small", "xavier", "he", "orthogonal", "lecun")
+"""Names accepted wherever an ``init`` argument is taken."""
+
+_LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _fans(weight: torch.Tensor) -> tuple[int, int]:
+    fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(weight)
+    return int(fan_in), int(fan_out)
+
+
+def init_variance(scheme: str, fan_in: int, fan_out: int) -> float:
+    """The variance of one weight entry under ``scheme`` for a layer with these fans."""
+    check_choice("init", scheme, INITS)
+    if fan_in < 1 or fan_out < 1:
+        raise ValueError(f"fan_in and fan_out must be >= 1, got {fan_in}, {fan_out}")
+    return {
+        "default": 1.0 / (3.0 * fan_in),
+        "small": 1e-4,
+        "xavier": 2.0 / (fan_in + fan_out),
+        "he": 2.0 / fan_in,
+        "orthogonal": 1.0 / max(fan_in, fan_out),
+        "lecun": 1.0 / fan_in,
+    }[scheme]
+
+
+@torch.no_grad()
+def init_layer(layer: nn.Module, scheme: str, *, seed: int) -> nn.Module:
+    """Re-initialise one Linear/Conv layer in place from its own ``seed``; returns the layer.
+
+    The global RNG state is left as it was.
+    """
+    check_choice("init", scheme, INITS)
+    if not isinstance(layer, _LAYER_TYPES):
+        raise TypeError(
+            f"init_layer takes an nn.Linear or nn.ConvNd layer, got {type(layer).__name__}"
+        )
+    with torch_seed(seed):
+        _fill(layer, scheme)
+    return layer
+
+
+def _fill(layer: nn.Module, scheme: str) -> None:
+    weight: torch.Tensor = layer.weight
+    bias: torch.Tensor | None = layer.bias
+    if scheme == "default":
+        layer.reset_parameters()
+        return
+    fan_in, _ = _fans(weight)
+    fill: dict[str, Callable[[torch.Tensor], object]] = {
+        "small": lambda w: nn.init.normal_(w, 0.0, 0.01),
+        "xavier": nn.init.xavier_uniform_,
+        "he": lambda w: nn.init.kaiming_normal_(w, mode="fan_in", nonlinearity="relu"),
+        "orthogonal": nn.init.orthogonal_,
+        "lecun": lambda w: nn.init.normal_(w, 0.0, 1.0 / math.sqrt(fan_in)),
+    }
+    fill[scheme](weight)
+    if bias is not None:
+        nn.init.zeros_(bias)
+
+
+def layer_seed(seed: int, index: int) -> int:
+    """An independent seed for layer ``index`` of a model seeded with ``seed``.
+
+    Seeding each layer on its own means the first ``d`` layers of a deeper model are the same
+    as those of a ``d``-layer model with the same seed: depth can change with nothing else.
+    """
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The ``(name, module)`` pairs of the Linear and Conv layers of ``model``, in registration order."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, _LAYER_TYPES)]
+
+
+@torch.no_grad()
+def init_weights(model: nn.Module, scheme: str, *, seed: int = 0) -> nn.Module:
+    """Re-initialise every Linear/Conv layer of ``model`` in place with ``scheme``; returns ``model``.
+
+    Layer ``i`` (registration order) draws from its own seed ``layer_seed(seed, i)``; the global
+    RNG state is left as it was.
+    """
+    check_choice("init", scheme, INITS)
+    layers = weight_layers(model)
+    if not layers:
+        raise ValueError(
+            f"{type(model).__name__} has no layers to initialise; init_weights handles "
+            "nn.Linear, nn.Conv1d, nn.Conv2d and nn.Conv3d"
+        )
+    for index, (_, layer) in enumerate(layers):
+        init_layer(layer, scheme, seed=layer_seed(seed, index))
+    return model

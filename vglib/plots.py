@@ -1,0 +1,263 @@
+"""Figures. Each function takes results and returns a ``matplotlib.figure.Figure``.
+
+Gradient norms are drawn on a log scale. A norm that is exactly 0 (the gradient underflowed in
+float32, or the layer cannot affect the loss) has no logarithm; it is drawn at ``UNDERFLOW_FLOOR``
+with a downward triangle and the floor is marked, so such a layer is never just missing.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+import numpy as np
+import torch
+import matplotlib as mpl
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
+
+from .activations import get_activation
+from .probes import GradientProfile
+
+__all__ = [
+    "OKABE_ITO",
+    "UNDERFLOW_FLOOR",
+    "ProfileFigure",
+    "plot_activation_derivatives",
+    "plot_gradient_profile",
+]
+
+OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#E69F00", "#CC79A7", "#56B4E9", "#000000")
+"""A colour-blind-safe palette (Okabe & Ito)."""
+
+UNDERFLOW_FLOOR = 1e-45
+"""Where exact zeros are drawn: just below float32's smallest positive value (~1.4e-45)."""
+
+_OVERFLOW_CEILING = 1e39  # just above float32's largest value (~3.4e38)
+
+
+def _new_figure(width: float, height: float, layout: str | None = "constrained") -> Figure:
+    # Figure() rather than pyplot: no global state, nothing shown twice in a notebook, and an
+    # opaque background so the figure reads in dark mode too.
+    fig = Figure(figsize=(width, height), facecolor="white", layout=layout)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+class _NormCurve:
+    """A per-layer curve of norms on a log axis, with zeros drawn at the floor and marked."""
+
+    def __init__(self, ax: Axes, label: str, color: str, marker: str, linestyle: str = "-"):
+        (self.line,) = ax.plot(
+            [], [], color=color, marker=marker, markersize=3, linestyle=linestyle, label=label
+        )
+        (self.zeros,) = ax.plot(
+            [], [], linestyle="none", marker="v", markersize=6, color=color, alpha=0.9
+        )
+        (self.overflow,) = ax.plot(
+            [], [], linestyle="none", marker="^", markersize=6, color=color, alpha=0.9
+        )
+        self.artists = (self.line, self.zeros, self.overflow)
+
+    def set(self, values: np.ndarray) -> tuple[float, float, int, int]:
+        """Show ``values`` (layer 1 first); returns (smallest, largest drawn, #zeros, #overflows)."""
+        layers = np.arange(1, len(values) + 1)
+        zero = values == 0.0
+        bad = ~np.isfinite(values)
+        shown = np.where(zero, UNDERFLOW_FLOOR, np.where(bad, _OVERFLOW_CEILING, values))
+        self.line.set_data(layers, shown)
+        self.zeros.set_data(layers[zero], shown[zero])
+        self.overflow.set_data(layers[bad], shown[bad])
+        return float(shown.min()), float(shown.max()), int(zero.sum()), int(bad.sum())
+
+
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def _power_of_ten(value: float, _pos: object = None) -> str:
+    """Tick label ``10⁻⁵`` as plain text: mathtext labels cost more to draw than the whole curve."""
+    if value <= 0:
+        return ""
+    exponent = np.log10(value)
+    if abs(exponent - round(exponent)) > 1e-6:
+        return f"{value:.0e}"
+    return "10" + str(round(exponent)).translate(_SUPERSCRIPT)
+
+
+def _decorate_log_axis(ax: Axes, floor_label: bool = True) -> None:
+    ax.set_yscale("log")
+    # Few ticks: a range can span 45 decades, and every tick label costs drawing time.
+    ax.yaxis.set_major_locator(LogLocator(base=10.0, numticks=7))
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.yaxis.set_major_formatter(FuncFormatter(_power_of_ten))
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
+    ax.set_xlabel("hidden layer $l$ (1 = input side)")
+    ax.set_ylabel("gradient norm (log scale)")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.set_facecolor("white")
+    if floor_label:
+        ax.axhline(UNDERFLOW_FLOOR, color="0.5", linestyle=":", linewidth=1)
+
+
+def _set_limits(ax: Axes, depth: int, low: float, high: float) -> None:
+    low = max(low, UNDERFLOW_FLOOR)
+    high = max(high, low)
+    ax.set_ylim(low / 10.0, high * 10.0)
+    ax.set_xlim(0.5, depth + 0.5)
+
+
+def _snap_limits(depth: int, low: float, high: float) -> tuple[float, float, float, float]:
+    """Axis limits rounded outwards to a few steps, so that redraws often share a background."""
+    low = max(low, UNDERFLOW_FLOOR)
+    high = max(high, low)
+    # pad half a decade, then round outwards to multiples of three decades
+    bottom = 3 * np.floor((np.log10(low) - 0.5) / 3)
+    top = 3 * np.ceil((np.log10(high) + 0.5) / 3)
+    right = depth if depth <= 10 else 10 * int(np.ceil(depth / 10))
+    return 0.5, right + 0.5, float(10.0**bottom), float(10.0**top)
+
+
+class ProfileFigure:
+    """A reusable figure of one gradient profile (weight and activation gradients per layer).
+
+    Built for redrawing many times a second: ``update`` changes the data of existing artists
+    instead of making a new figure, and ``render`` blits. Everything that depends only on the
+    axis limits (frame, ticks, labels, legend) is drawn once per distinct set of limits, kept,
+    and pasted back; only the curves, the title and the note are drawn on each render. Drawing
+    text is the slow part of Agg (about 1 ms a label), and most labels do not change.
+    The figure is an ordinary one in between: ``savefig`` draws it whole.
+    """
+
+    def __init__(
+        self, width: float = 7.0, height: float = 3.6, dpi: float = 80.0, cache_size: int = 48
+    ):
+        # Fixed margins instead of constrained layout, which would re-measure every label on
+        # every redraw and cost more than all the rest.
+        self.figure = _new_figure(width, height, layout=None)
+        self.figure.set_dpi(dpi)
+        self.figure.subplots_adjust(left=0.11, right=0.98, bottom=0.14, top=0.9)
+        self.ax = self.figure.add_subplot()
+        _decorate_log_axis(self.ax)
+        self.weight = _NormCurve(self.ax, "weights ‖∂L/∂W_l‖", OKABE_ITO[0], "o")
+        self.activation = _NormCurve(self.ax, "activations ‖∂L/∂h_l‖", OKABE_ITO[1], "s", "--")
+        self.ax.legend(loc="upper left", fontsize=8, framealpha=1.0)
+        self.ax.set_title(" ", fontsize=10, y=1.01)  # a fixed y skips re-measuring the axes
+        self.note = self.ax.text(
+            0.99, 0.02, "", transform=self.ax.transAxes, ha="right", va="bottom", fontsize=8,
+            bbox={"facecolor": "white", "edgecolor": "0.6", "alpha": 1.0},
+        )  # fmt: skip
+        self._dynamic = [*self.weight.artists, *self.activation.artists, self.ax.title, self.note]
+        self._backgrounds: OrderedDict[tuple[float, ...], Any] = OrderedDict()
+        self._cache_size = cache_size
+
+    def update(self, profile: GradientProfile, title: str = "") -> Figure:
+        """Show ``profile``; returns the figure (not yet rendered)."""
+        lo_w, hi_w, zeros_w, bad_w = self.weight.set(profile.weight_grad_norms)
+        lo_a, hi_a, zeros_a, bad_a = self.activation.set(profile.activation_grad_norms)
+        left, right, bottom, top = _snap_limits(profile.depth, min(lo_w, lo_a), max(hi_w, hi_a))
+        self.ax.set_xlim(left, right)
+        self.ax.set_ylim(bottom, top)
+        self.ax.title.set_text(title)
+        self.note.set_text(_underflow_note(zeros_w + zeros_a, bad_w + bad_a))
+        self.note.set_visible(bool(zeros_w + zeros_a + bad_w + bad_a))
+        return self.figure
+
+    def render(self) -> np.ndarray:
+        """Draw the figure into its canvas; returns the RGBA pixels (height, width, 4)."""
+        canvas = self.figure.canvas
+        key = (*self.ax.get_xlim(), *self.ax.get_ylim())
+        for artist in self._dynamic:
+            artist.set_animated(True)  # Figure.draw skips animated artists
+        try:
+            if key in self._backgrounds:
+                self._backgrounds.move_to_end(key)
+                canvas.restore_region(self._backgrounds[key])
+            else:
+                with mpl.rc_context({"text.hinting": "no_hinting"}):  # a fifth faster text
+                    canvas.draw()
+                self._backgrounds[key] = canvas.copy_from_bbox(self.figure.bbox)
+                if len(self._backgrounds) > self._cache_size:
+                    self._backgrounds.popitem(last=False)
+            with mpl.rc_context({"text.hinting": "no_hinting"}):
+                for artist in self._dynamic:
+                    self.ax.draw_artist(artist)
+        finally:
+            for artist in self._dynamic:
+                artist.set_animated(False)
+        return np.asarray(canvas.buffer_rgba())
+
+
+def _underflow_note(zeros: int, overflows: int) -> str:
+    parts = []
+    if zeros:
+        parts.append(f"▼ {zeros} norm(s) exactly 0 (float32 underflow), drawn at 1e-45")
+    if overflows:
+        parts.append(f"▲ {overflows} norm(s) overflowed to inf/nan")
+    return "\n".join(parts)
+
+
+def plot_gradient_profile(
+    profiles: GradientProfile | Mapping[str, GradientProfile],
+    *,
+    quantity: str = "weight",
+    title: str = "",
+) -> Figure:
+    """Per-layer gradient norms of one profile, or of several (a label each) on shared axes.
+
+    ``quantity`` is ``"weight"`` (``||dL/dW_l||``) or ``"activation"`` (``||dL/dh_l||``).
+    """
+    if isinstance(profiles, GradientProfile):
+        profiles = {"": profiles}
+    if not profiles:
+        raise ValueError("plot_gradient_profile needs at least one profile")
+    if quantity not in ("weight", "activation"):
+        raise ValueError(f"unknown quantity {quantity!r}; valid choices are 'weight', 'activation'")
+    fig = _new_figure(6.4, 3.8)
+    ax = fig.add_subplot()
+    _decorate_log_axis(ax)
+    markers = "osD^v<>"
+    low, high, zeros, bad, depth = np.inf, 0.0, 0, 0, 1
+    for i, (label, profile) in enumerate(profiles.items()):
+        curve = _NormCurve(ax, label, OKABE_ITO[i % 7], markers[i % 7])
+        values = getattr(profile, f"{quantity}_grad_norms")
+        lo, hi, z, b = curve.set(values)
+        low, high, zeros, bad = min(low, lo), max(high, hi), zeros + z, bad + b
+        depth = max(depth, profile.depth)
+    _set_limits(ax, depth, low, high)
+    symbol = r"\partial L/\partial W_l" if quantity == "weight" else r"\partial L/\partial h_l"
+    ax.set_ylabel(rf"$\|{symbol}\|$ (log scale)")
+    ax.set_title(title, fontsize=10)
+    if any(profiles):
+        ax.legend(fontsize=8, framealpha=1.0)
+    if zeros or bad:
+        ax.text(0.99, 0.02, _underflow_note(zeros, bad), transform=ax.transAxes, ha="right",
+                va="bottom", fontsize=8)  # fmt: skip
+    return fig
+
+
+def plot_activation_derivatives(
+    names: Sequence[str] = ("sigmoid", "tanh"), x_max: float = 6.0
+) -> Figure:
+    """Each activation and its derivative, with the derivative's bound marked."""
+    acts = [get_activation(n) for n in names]
+    x = torch.linspace(-x_max, x_max, 601)
+    fig = _new_figure(8.0, 3.2)
+    ax_f, ax_d = fig.subplots(1, 2)
+    for i, act in enumerate(acts):
+        color = OKABE_ITO[i % 7]
+        ax_f.plot(x, act(x).detach(), color=color, label=act.name)
+        ax_d.plot(x, act.derivative(x), color=color, label=f"{act.name}'")
+        ax_d.axhline(act.derivative_bound, color=color, linestyle=":", linewidth=1)
+        ax_d.annotate(
+            f"max {act.derivative_bound:.3g}", (x_max, act.derivative_bound), fontsize=8,
+            color=color, ha="right", va="bottom",
+        )  # fmt: skip
+    ax_f.set(title=r"activation $\phi(z)$", xlabel="pre-activation $z$", ylabel=r"$\phi(z)$")
+    ax_d.set(title=r"derivative $\phi'(z)$", xlabel="pre-activation $z$", ylabel=r"$\phi'(z)$")
+    for ax in (ax_f, ax_d):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, framealpha=1.0)
+    return fig

@@ -1,0 +1,183 @@
+"""Measuring gradients with hooks, on any ``nn.Module``.
+
+What counts as a layer: every ``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d`` and ``nn.Conv3d`` the
+forward pass calls, in the order it calls them. The last one called is the output *head*; the
+others are the *hidden* layers the profile reports. The activation gradient of hidden layer ``l``
+is the gradient of the loss with respect to the input of the next layer called: the block's
+output after its activation (and after any normalisation, pooling or dropout in between).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .initialization import weight_layers
+
+__all__ = ["GradientProfile", "gradient_profile"]
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class GradientProfile:
+    """Per-layer gradient norms from one forward and backward pass.
+
+    Arrays run over the hidden layers, input side first. Norms are Frobenius norms over the whole
+    batch, computed in float64 from the float32 gradients, so an entry is exactly 0.0 only where
+    the gradient itself underflowed (or the layer does not affect the loss). A layer whose weight
+    is frozen (``requires_grad=False``) reports NaN.
+    """
+
+    layer_names: tuple[str, ...]
+    weight_grad_norms: np.ndarray
+    activation_grad_norms: np.ndarray
+    head_name: str
+    head_weight_grad_norm: float
+    loss: float
+
+    @property
+    def depth(self) -> int:
+        """Number of hidden layers measured."""
+        return len(self.layer_names)
+
+    def first_to_last_ratio(self) -> float:
+        """``||dL/dW_first|| / ||dL/dW_last||`` over the hidden layers: far below 1 means vanishing."""
+        first, last = self.weight_grad_norms[0], self.weight_grad_norms[-1]
+        if last == 0.0:
+            return float("nan") if first == 0.0 else float("inf")
+        return float(first / last)
+
+
+def _default_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MSE for floating-point targets of the output's shape, cross-entropy for class indices."""
+    if target.is_floating_point():
+        if target.shape != output.shape:
+            raise ValueError(
+                f"y of shape {tuple(target.shape)} does not fit the model's output of shape "
+                f"{tuple(output.shape)}: float targets (mean-squared error) need the output's shape"
+            )
+        return F.mse_loss(output, target)
+    if target.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        if output.ndim != 2 or target.shape != output.shape[:1]:
+            raise ValueError(
+                f"y of shape {tuple(target.shape)} does not fit the model's output of shape "
+                f"{tuple(output.shape)}: class-index targets (cross-entropy) need shape "
+                f"({output.shape[0]},) and a 2-D output (batch, classes)"
+            )
+        n_classes = output.shape[1]
+        if target.numel() and (int(target.min()) < 0 or int(target.max()) >= n_classes):
+            raise ValueError(f"class indices in y must lie in [0, {n_classes - 1}]")
+        return F.cross_entropy(output, target.long())
+    raise TypeError(f"y must be a float or integer tensor, got dtype {target.dtype}")
+
+
+def _expected_input(layer: nn.Module) -> str:
+    if isinstance(layer, nn.Linear):
+        return f"(batch, {layer.in_features})"
+    spatial = {nn.Conv1d: "L", nn.Conv2d: "H, W", nn.Conv3d: "D, H, W"}[type(layer)]
+    return f"(batch, {layer.in_channels}, {spatial})"
+
+
+def _check_tensor(name: str, value: object) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(
+            f"{name} must be a torch.Tensor, got {type(value).__name__}; "
+            f"convert with torch.as_tensor({name}, dtype=torch.float32)"
+        )
+    if value.ndim == 0 or value.shape[0] == 0:
+        raise ValueError(f"{name} must hold a non-empty batch, got shape {tuple(value.shape)}")
+    return value
+
+
+def _norm(grad: torch.Tensor | None) -> float:
+    # float64 so squaring float32 values near their underflow limit does not underflow again
+    return 0.0 if grad is None else float(torch.linalg.vector_norm(grad.detach().double()))
+
+
+def gradient_profile(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: LossFn | None = None,
+) -> GradientProfile:
+    """Per-layer weight- and activation-gradient norms of ``model`` on one batch, at its current weights.
+
+    One forward and one backward pass; the model is left as it was: its weights, its ``.grad``
+    attributes, its buffers (e.g. batch-norm running statistics) and its train/eval mode.
+    ``loss_fn(output, y)`` defaults to MSE for float ``y`` and cross-entropy for integer ``y``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    layers = dict(weight_layers(model))
+    if not layers:
+        raise ValueError(
+            f"{type(model).__name__} has no layers to measure; gradient_profile counts "
+            "nn.Linear, nn.Conv1d, nn.Conv2d and nn.Conv3d as layers"
+        )
+    x, y = _check_tensor("x", x), _check_tensor("y", y)
+    names_of = {id(m): n for n, m in layers.items()}
+    calls: list[tuple[str, torch.Tensor]] = []
+
+    def record(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        calls.append((names_of[id(module)], inputs[0]))
+
+    handles = [m.register_forward_pre_hook(record) for m in layers.values()]
+    saved_buffers = [b.detach().clone() for b in model.buffers()]
+    try:
+        with torch.enable_grad():
+            try:
+                output = model(x)
+            except RuntimeError as error:
+                if not calls:
+                    raise
+                name, _ = calls[-1]
+                raise ValueError(
+                    f"x of shape {tuple(x.shape)} does not fit the model: layer {name!r} expects "
+                    f"input of shape {_expected_input(layers[name])} ({error})"
+                ) from error
+            loss = (loss_fn or _default_loss)(output, y)
+            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                raise ValueError("loss_fn must return a scalar tensor")
+            called = [name for name, _ in calls]
+            repeated = sorted({n for n in called if called.count(n) > 1})
+            if repeated:
+                raise ValueError(
+                    f"layers {repeated} were called more than once in one forward pass; "
+                    "gradient_profile needs each layer called once (weight sharing and "
+                    "recurrent loops have no single per-layer gradient)"
+                )
+            if len(calls) < 2:
+                raise ValueError(
+                    "gradient_profile needs at least two layers (hidden layers and a head); "
+                    f"the forward pass called {len(calls)}"
+                )
+            weights = [layers[name].weight for name in called]
+            block_outputs = [inp for _, inp in calls[1:]]
+            targets = [t for t in (*weights, *block_outputs) if t.requires_grad]
+            grads = torch.autograd.grad(loss, targets, allow_unused=True) if targets else ()
+    finally:
+        for handle in handles:
+            handle.remove()
+        with torch.no_grad():
+            for buffer, saved in zip(model.buffers(), saved_buffers, strict=True):
+                buffer.copy_(saved)
+    grad_of = {id(t): g for t, g in zip(targets, grads, strict=True)}
+
+    def norm_of(t: torch.Tensor) -> float:
+        return _norm(grad_of[id(t)]) if t.requires_grad else float("nan")
+
+    weight_norms = np.array([norm_of(w) for w in weights], dtype=np.float64)
+    return GradientProfile(
+        layer_names=tuple(called[:-1]),
+        weight_grad_norms=weight_norms[:-1],
+        activation_grad_norms=np.array([norm_of(t) for t in block_outputs], dtype=np.float64),
+        head_name=called[-1],
+        head_weight_grad_norm=float(weight_norms[-1]),
+        loss=float(loss.detach()),
+    )
