@@ -59,9 +59,7 @@ _REGISTRY: dict[str, Activation] = {
         Activation("sigmoid", nn.Sigmoid, 0.25, True, "logistic 1/(1+e^-x); phi' = phi(1-phi)"),
         Activation("tanh", nn.Tanh, 1.0, True, "hyperbolic tangent; phi' = 1 - phi^2"),
         Activation("relu", nn.ReLU, 1.0, False, "max(0, x); phi' is 0 or 1"),
-        Activation(
-            "leaky_relu", nn.LeakyReLU, 1.0, False, "max(0.01x, x); phi' is 0.01 or 1"
-        ),
+        Activation("leaky_relu", nn.LeakyReLU, 1.0, False, "max(0.01x, x); phi' is 0.01 or 1"),
         Activation("elu", nn.ELU, 1.0, False, "x for x>0, e^x - 1 otherwise (alpha = 1)"),
         Activation(
             "selu",

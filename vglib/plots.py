@@ -11,11 +11,11 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
+import matplotlib as mpl
 import numpy as np
 import torch
-import matplotlib as mpl
 from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
@@ -88,6 +88,7 @@ def _power_of_ten(value: float, _pos: object = None) -> str:
 
 
 def _decorate_log_axis(ax: Axes, floor_label: bool = True) -> None:
+    ax.set_autoscale_on(False)  # limits are always set from the data, by _set_limits or update
     ax.set_yscale("log")
     # Few ticks: a range can span 45 decades, and every tick label costs drawing time.
     ax.yaxis.set_major_locator(LogLocator(base=10.0, numticks=7))

@@ -1,0 +1,94 @@
+"""build_mlp: structure, seeding, the depth-prefix property, and forward variance physics."""
+
+import pytest
+import torch
+from torch import nn
+
+import vglib
+
+
+def linears(model):
+    return [m for m in model if isinstance(m, nn.Linear)]
+
+
+@pytest.mark.parametrize("activation", vglib.ACTIVATIONS)
+def test_structure_is_depth_blocks_then_a_head(activation):
+    model = vglib.build_mlp(depth=4, width=16, activation=activation, in_features=3, out_features=5)
+    names = [name for name, _ in model.named_children()]
+    assert names == [f"{kind}{i}" for i in range(1, 5) for kind in ("linear", "act")] + ["head"]
+    shapes = [tuple(m.weight.shape) for m in linears(model)]
+    assert shapes == [(16, 3), (16, 16), (16, 16), (16, 16), (5, 16)]
+    expected_act = type(vglib.get_activation(activation).make_module())
+    assert all(isinstance(model.get_submodule(f"act{i}"), expected_act) for i in range(1, 5))
+    assert model(torch.randn(2, 3)).shape == (2, 5)
+
+
+def test_defaults_in_features_to_width_and_out_features_to_one():
+    model = vglib.build_mlp(depth=1, width=8)
+    assert model(torch.randn(4, 8)).shape == (4, 1)
+
+
+def test_same_seed_same_weights_other_seed_other_weights():
+    a, b = (vglib.build_mlp(5, 32, "tanh", "xavier", seed=1) for _ in range(2))
+    c = vglib.build_mlp(5, 32, "tanh", "xavier", seed=2)
+    for pa, pb, pc in zip(a.parameters(), b.parameters(), c.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+        if pa.ndim > 1:  # xavier biases are all zero whatever the seed
+            assert not torch.equal(pa, pc)
+
+
+@pytest.mark.parametrize("init", vglib.INITS)
+def test_a_deeper_model_starts_with_the_layers_of_a_shallower_one(init):
+    shallow = vglib.build_mlp(3, 16, "relu", init, seed=5)
+    deep = vglib.build_mlp(10, 16, "relu", init, seed=5)
+    for name, param in shallow.named_parameters():
+        assert torch.equal(param, deep.get_parameter(name)), name
+
+
+def test_building_leaves_the_global_rng_alone():
+    torch.manual_seed(0)
+    expected = torch.rand(2)
+    torch.manual_seed(0)
+    vglib.build_mlp(3, 8, init="default")
+    torch.testing.assert_close(torch.rand(2), expected)
+
+
+@torch.no_grad()
+def forward_second_moments(model, x):
+    """E[h^2] of each block's output (after the activation)."""
+    moments = []
+    for name, module in model.named_children():
+        x = module(x)
+        if name.startswith("act"):
+            moments.append(x.pow(2).mean().item())
+    return torch.tensor(moments)
+
+
+def test_relu_with_variance_one_over_n_halves_the_signal_per_layer_and_he_keeps_it():
+    # He et al. (2015), eq. 10: E[h_l^2] = (n Var(W) / 2) E[h_{l-1}^2] for ReLU, zero biases.
+    x = torch.randn(2048, 256)
+    lecun = forward_second_moments(vglib.build_mlp(12, 256, "relu", "lecun", seed=0), x)
+    he = forward_second_moments(vglib.build_mlp(12, 256, "relu", "he", seed=0), x)
+    per_layer_lecun = (lecun[-1] / lecun[0]) ** (1 / 11)
+    per_layer_he = (he[-1] / he[0]) ** (1 / 11)
+    assert per_layer_lecun.item() == pytest.approx(0.5, abs=0.03)
+    assert per_layer_he.item() == pytest.approx(1.0, abs=0.06)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "pattern"),
+    [
+        ({"depth": 0}, ValueError, "depth must be an int >= 1; got 0"),
+        ({"depth": -3}, ValueError, "depth must be an int >= 1"),
+        ({"depth": 2.5}, TypeError, "depth must be an int"),
+        ({"depth": True}, TypeError, "depth must be an int"),
+        ({"width": 0}, ValueError, "width must be an int >= 1"),
+        ({"activation": "swish"}, ValueError, "'sigmoid'.*'gelu'"),
+        ({"init": "glorot"}, ValueError, "'xavier'"),
+        ({"out_features": 0}, ValueError, "out_features"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(kwargs, error, pattern):
+    arguments = {"depth": 3, "width": 8, **kwargs}
+    with pytest.raises(error, match=pattern):
+        vglib.build_mlp(**arguments)

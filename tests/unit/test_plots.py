@@ -1,0 +1,97 @@
+"""Figures: returned as Figures, zeros drawn at the floor and marked, blitting never drops artists."""
+
+import io
+
+import matplotlib as mpl
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+import vglib
+from vglib.plots import UNDERFLOW_FLOOR, ProfileFigure
+
+
+def fake_profile(weights, activations=None):
+    weights = np.asarray(weights, dtype=np.float64)
+    activations = weights if activations is None else np.asarray(activations, dtype=np.float64)
+    names = tuple(f"linear{i}" for i in range(1, len(weights) + 1))
+    return vglib.GradientProfile(names, weights, activations, "head", 1.0, 0.5)
+
+
+def pixels_differ_from_white(fig):
+    fig.canvas.draw()
+    rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3]
+    return (rgb < 250).any(axis=-1).mean()
+
+
+def test_profile_figure_draws_zeros_at_the_floor_and_says_so():
+    plot = ProfileFigure()
+    fig = plot.update(fake_profile([0.0, 0.0, 1e-30, 1e-3]), title="t")
+    x, y = plot.weight.line.get_data()
+    np.testing.assert_array_equal(x, [1, 2, 3, 4])
+    np.testing.assert_array_equal(y, [UNDERFLOW_FLOOR, UNDERFLOW_FLOOR, 1e-30, 1e-3])
+    np.testing.assert_array_equal(plot.weight.zeros.get_data()[0], [1, 2])
+    assert plot.note.get_visible() and "4 norm(s) exactly 0" in plot.note.get_text()
+    bottom, top = plot.ax.get_ylim()
+    assert bottom < UNDERFLOW_FLOOR and top > 1e-3
+    assert isinstance(fig, Figure)
+
+
+def test_profile_figure_hides_the_note_without_zeros_and_marks_overflow():
+    plot = ProfileFigure()
+    plot.update(fake_profile([1.0, 2.0]))
+    assert not plot.note.get_visible()
+    plot.update(fake_profile([1.0, np.inf], [np.nan, 1.0]))
+    assert "overflowed" in plot.note.get_text()
+    assert np.isfinite(plot.weight.line.get_data()[1]).all()
+
+
+def test_render_matches_a_full_draw_and_savefig_keeps_every_curve():
+    plot = ProfileFigure()
+    plot.update(fake_profile(np.logspace(-8, 0, 20)), title="first")
+    plot.render()  # draws and keeps the background for these limits
+    plot.update(fake_profile(np.logspace(-7, 0, 20)), title="second")  # same snapped limits
+    blitted = plot.render().copy()
+    with mpl.rc_context({"text.hinting": "no_hinting"}):  # as render draws text
+        plot.figure.canvas.draw()  # an ordinary full draw of the same state
+    full = np.asarray(plot.figure.canvas.buffer_rgba())
+    differ = np.abs(blitted.astype(int) - full.astype(int)).max(axis=-1) > 8
+    assert differ.mean() < 0.001
+    buffer = io.BytesIO()
+    plot.figure.savefig(buffer, format="png")  # artists must not stay 'animated' (skipped)
+    assert all(not a.get_animated() for a in plot.ax.get_children())
+
+
+def test_background_cache_is_bounded():
+    plot = ProfileFigure(cache_size=3)
+    for depth in (5, 15, 25, 35, 45):
+        plot.update(fake_profile(np.ones(depth)))
+        plot.render()
+    assert len(plot._backgrounds) == 3
+
+
+def test_plot_gradient_profile_overlays_labelled_profiles():
+    profiles = {"a": fake_profile([1e-5, 1.0]), "b": fake_profile([0.0, 1.0, 2.0])}
+    fig = vglib.plot_gradient_profile(profiles, quantity="activation", title="x")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b"]
+    assert ax.get_yscale() == "log"
+    assert pixels_differ_from_white(fig) > 0.01
+    assert any("exactly 0" in t.get_text() for t in ax.texts)
+
+
+def test_plot_gradient_profile_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="'weight', 'activation'"):
+        vglib.plot_gradient_profile(fake_profile([1.0]), quantity="bias")
+    with pytest.raises(ValueError, match="at least one"):
+        vglib.plot_gradient_profile({})
+
+
+def test_activation_derivative_figure_marks_each_bound():
+    fig = vglib.plot_activation_derivatives(("sigmoid", "tanh"))
+    left, right = fig.axes
+    assert len(left.lines) == 2
+    bounds = sorted(line.get_ydata()[0] for line in right.lines if line.get_linestyle() == ":")
+    assert bounds == [0.25, 1.0]
+    with pytest.raises(ValueError, match="valid choices"):
+        vglib.plot_activation_derivatives(("softsign",))

@@ -1,0 +1,201 @@
+"""gradient_profile: agreement with plain autograd, leaving the model alone, physics, bad input."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import vglib
+
+
+def batch(in_features, out_features=1, n=64, seed=0):
+    return vglib.probe_batch(in_features, out_features, batch_size=n, seed=seed)
+
+
+def test_profile_matches_a_plain_backward_pass():
+    model = vglib.build_mlp(6, 20, "tanh", "xavier", seed=0, in_features=7, out_features=3)
+    x, y = batch(7, 3)
+    prof = vglib.gradient_profile(model, x, y)
+
+    # the same computation by hand: run the blocks one by one, keeping each block's output
+    reference = vglib.build_mlp(6, 20, "tanh", "xavier", seed=0, in_features=7, out_features=3)
+    h, block_outputs = x, []
+    for name, module in reference.named_children():
+        h = module(h)
+        if name.startswith("act"):
+            h.retain_grad()
+            block_outputs.append(h)
+    loss = F.mse_loss(h, y)
+    loss.backward()
+
+    assert prof.layer_names == tuple(f"linear{i}" for i in range(1, 7))
+    assert prof.head_name == "head"
+    weight_norms = [reference.get_submodule(f"linear{i}").weight.grad.norm() for i in range(1, 7)]
+    np.testing.assert_allclose(prof.weight_grad_norms, weight_norms, rtol=1e-5)
+    np.testing.assert_allclose(
+        prof.activation_grad_norms, [h.grad.norm() for h in block_outputs], rtol=1e-5
+    )
+    assert prof.head_weight_grad_norm == pytest.approx(reference.head.weight.grad.norm().item())
+    assert prof.loss == pytest.approx(loss.item())
+    assert prof.depth == 6
+    assert prof.weight_grad_norms.dtype == np.float64
+    assert model.linear1.weight.grad is None  # the profiled model itself got no .grad
+
+
+def test_the_model_is_left_exactly_as_it_was():
+    model = nn.Sequential(
+        nn.Linear(5, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.0), nn.Linear(8, 8),
+        nn.Tanh(), nn.Linear(8, 1),
+    )  # fmt: skip
+    model.train()
+    model[4].weight.grad = torch.full_like(model[4].weight, 3.0)  # a .grad the user had
+    model[6].bias.requires_grad_(False)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = batch(5)
+    vglib.gradient_profile(model, x, y)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key  # weights and running statistics
+    assert model[0].weight.grad is None
+    assert torch.equal(model[4].weight.grad, torch.full_like(model[4].weight, 3.0))
+    assert model.training and not model[6].bias.requires_grad
+    assert all(not m._forward_pre_hooks for m in model.modules())
+
+
+def test_any_module_with_linear_or_conv_layers_can_be_profiled():
+    class SmallCNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+            self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+            self.fc = nn.Linear(4 * 6 * 6, 10)
+
+        def forward(self, x):
+            x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+            x = F.relu(self.conv2(x))
+            return self.fc(x.flatten(1))
+
+    torch.manual_seed(0)
+    x, labels = torch.randn(8, 1, 12, 12), torch.randint(0, 10, (8,))
+    prof = vglib.gradient_profile(SmallCNN(), x, labels)
+    assert prof.layer_names == ("conv1", "conv2")
+    assert prof.head_name == "fc"
+    assert np.all(prof.weight_grad_norms > 0) and np.all(prof.activation_grad_norms > 0)
+
+
+def test_layers_are_ordered_by_execution_not_registration():
+    class Reversed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.out = nn.Linear(4, 1)
+            self.inp = nn.Linear(3, 4)
+
+        def forward(self, x):
+            return self.out(torch.relu(self.inp(x)))
+
+    prof = vglib.gradient_profile(Reversed(), *batch(3))
+    assert prof.layer_names == ("inp",) and prof.head_name == "out"
+
+
+def test_frozen_layers_report_nan_and_unaffected_layers_zero():
+    model = vglib.build_mlp(3, 8)
+    model.linear2.weight.requires_grad_(False)
+    prof = vglib.gradient_profile(model, *batch(8))
+    assert np.isnan(prof.weight_grad_norms[1])
+    assert np.isfinite(prof.weight_grad_norms[[0, 2]]).all()
+
+
+def test_deep_sigmoid_gradients_vanish_within_the_derivative_bound():
+    # dL/dh_l = W_{l+1}^T (phi'(z_{l+1}) * dL/dh_{l+1}) and phi' <= 1/4, so
+    # ||dL/dh_1|| / ||dL/dh_L|| <= prod_{k=2..L} ||W_k||_2 / 4.
+    depth = 30
+    model = vglib.build_mlp(depth, 128, "sigmoid", "xavier", seed=0)
+    prof = vglib.gradient_profile(model, *batch(128, n=128))
+    spectral = [
+        torch.linalg.matrix_norm(model.get_submodule(f"linear{k}").weight.detach().double(), ord=2)
+        for k in range(2, depth + 1)
+    ]
+    bound = float(np.prod([0.25 * float(s) for s in spectral]))
+    measured = prof.activation_grad_norms[0] / prof.activation_grad_norms[-1]
+    assert 0 < measured <= bound
+    assert bound < 1e-6
+    assert prof.first_to_last_ratio() < 1e-10  # many orders of magnitude
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_relu_he_keeps_gradients_while_variance_one_over_n_shrinks_them(seed):
+    # Backward analogue of He et al. (2015), eq. 14: each ReLU layer multiplies
+    # E||dL/dh||^2 by n Var(W) / 2: 1 with He init, 1/2 with Var(W) = 1/n ("lecun").
+    depth, width = 30, 256
+    x, y = batch(width, n=256, seed=seed)
+    he = vglib.gradient_profile(vglib.build_mlp(depth, width, "relu", "he", seed=seed), x, y)
+    lecun = vglib.gradient_profile(vglib.build_mlp(depth, width, "relu", "lecun", seed=seed), x, y)
+
+    he_ratio = he.activation_grad_norms[0] / he.activation_grad_norms[-1]
+    assert 0.5 < he_ratio < 2.0
+
+    layers = np.arange(depth)
+    slope = np.polyfit(layers, np.log(lecun.activation_grad_norms), 1)[0]
+    per_layer_factor = np.exp(-slope)  # from the output side towards the input
+    assert per_layer_factor == pytest.approx(2**-0.5, abs=0.03)
+
+
+def test_cross_entropy_for_class_targets_and_custom_losses():
+    model = vglib.build_mlp(2, 8, out_features=4)
+    x = torch.randn(16, 8)
+    labels = torch.arange(16) % 4
+    prof = vglib.gradient_profile(model, x, labels)
+    assert prof.loss == pytest.approx(F.cross_entropy(model(x), labels).item(), rel=1e-6)
+    l1 = vglib.gradient_profile(model, x, torch.zeros(16, 4), loss_fn=F.l1_loss)
+    assert l1.loss == pytest.approx(model(x).abs().mean().item(), rel=1e-6)
+
+
+def test_wrong_input_shape_names_the_expected_shape():
+    model = vglib.build_mlp(3, 16, in_features=10)
+    with pytest.raises(ValueError, match=r"layer 'linear1' expects input of shape \(batch, 10\)"):
+        vglib.gradient_profile(model, torch.randn(4, 7), torch.randn(4, 1))
+    conv = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(8, 1))
+    with pytest.raises(ValueError, match=r"\(batch, 3, H, W\)"):
+        vglib.gradient_profile(conv, torch.randn(2, 1, 4, 4), torch.randn(2, 1))
+
+
+def test_wrong_target_shape_names_the_expected_shape():
+    model = vglib.build_mlp(2, 8, out_features=3)
+    with pytest.raises(ValueError, match=r"need the output's shape"):
+        vglib.gradient_profile(model, torch.randn(4, 8), torch.randn(4))
+    with pytest.raises(ValueError, match=r"need shape \(4,\)"):
+        vglib.gradient_profile(model, torch.randn(4, 8), torch.zeros(4, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"\[0, 2\]"):
+        vglib.gradient_profile(model, torch.randn(4, 8), torch.tensor([0, 1, 2, 3]))
+
+
+def test_bad_models_and_inputs_raise_clear_errors():
+    x, y = batch(4)
+    with pytest.raises(ValueError, match=r"no layers to measure.*nn\.Linear"):
+        vglib.gradient_profile(nn.Sequential(nn.ReLU()), x, y)
+    with pytest.raises(ValueError, match="at least two layers"):
+        vglib.gradient_profile(nn.Linear(4, 1), x, y)
+    with pytest.raises(TypeError, match="nn.Module"):
+        vglib.gradient_profile(lambda t: t, x, y)
+    with pytest.raises(TypeError, match=r"torch\.as_tensor"):
+        vglib.gradient_profile(vglib.build_mlp(2, 4), x.numpy(), y)
+    with pytest.raises(ValueError, match="non-empty batch"):
+        vglib.gradient_profile(vglib.build_mlp(2, 4), torch.randn(0, 4), y)
+
+    shared = nn.Linear(4, 4)
+    looped = nn.Sequential(shared, nn.Tanh(), shared, nn.Linear(4, 1))
+    with pytest.raises(ValueError, match="called more than once"):
+        vglib.gradient_profile(looped, x, y)
+    assert not shared._forward_pre_hooks  # hooks removed even on error
+
+
+def test_first_to_last_ratio_handles_zeros():
+    def profile(norms):
+        return vglib.GradientProfile(
+            ("a", "b"), np.array(norms), np.ones(2), "head", 1.0, 0.0
+        )  # fmt: skip
+
+    assert profile([1e-3, 1.0]).first_to_last_ratio() == pytest.approx(1e-3)
+    assert profile([0.0, 1.0]).first_to_last_ratio() == 0.0
+    assert profile([1.0, 0.0]).first_to_last_ratio() == float("inf")
+    assert np.isnan(profile([0.0, 0.0]).first_to_last_ratio())
