@@ -1,9 +1,10 @@
 """vglib: measure, explain and explore vanishing gradients in PyTorch models.
 
 Layers, each importing only from those above it: activations and initialisations -> models ->
-probes -> plots -> widgets.
+probes -> theory -> plots -> widgets.
 """
 
+from . import widgets
 from ._seed import seed_everything, torch_seed
 from .activations import ACTIVATIONS, Activation, activation_derivative, get_activation
 from .data import probe_batch
@@ -16,6 +17,8 @@ from .plots import (
     plot_gradient_profile,
 )
 from .probes import GradientProfile, gradient_profile
+from .theory import chain_rule_bound, relu_gradient_factor
+from .widgets import GradientExplorer, gradient_explorer
 
 __version__ = "0.1.0"
 
@@ -24,10 +27,12 @@ __all__ = [
     "INITS",
     "UNDERFLOW_FLOOR",
     "Activation",
+    "GradientExplorer",
     "GradientProfile",
     "ProfileFigure",
     "activation_derivative",
     "build_mlp",
+    "chain_rule_bound",
     "get_activation",
     "gradient_explorer",
     "gradient_profile",
@@ -37,16 +42,9 @@ __all__ = [
     "plot_activation_derivatives",
     "plot_gradient_profile",
     "probe_batch",
+    "relu_gradient_factor",
     "seed_everything",
     "torch_seed",
     "weight_layers",
+    "widgets",
 ]
-
-
-def __getattr__(name: str) -> object:
-    # The widgets module imports ipywidgets only when a widget is built; expose it lazily too.
-    if name in ("gradient_explorer", "GradientExplorer", "widgets"):
-        from . import widgets
-
-        return widgets if name == "widgets" else getattr(widgets, name)
-    raise AttributeError(f"module 'vglib' has no attribute {name!r}")

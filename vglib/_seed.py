@@ -23,7 +23,7 @@ def seed_everything(seed: int = 0, *, threads: int | None = 1) -> None:
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 (the legacy global generator is what users call)
     torch.manual_seed(seed)
     if threads is not None:
         if threads < 1:

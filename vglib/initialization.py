@@ -69,9 +69,7 @@ def init_layer(layer: nn.Module, scheme: str, *, seed: int) -> nn.Module:
     """
     check_choice("init", scheme, INITS)
     if not isinstance(layer, _LAYER_TYPES):
-        raise TypeError(
-            f"init_layer takes an nn.Linear or nn.ConvNd layer, got {type(layer).__name__}"
-        )
+        raise TypeError(f"init_layer takes an nn.Linear or nn.ConvNd layer, got {type(layer).__name__}")
     with torch_seed(seed):
         _fill(layer, scheme)
     return layer

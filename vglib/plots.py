@@ -54,12 +54,8 @@ class _NormCurve:
         (self.line,) = ax.plot(
             [], [], color=color, marker=marker, markersize=3, linestyle=linestyle, label=label
         )
-        (self.zeros,) = ax.plot(
-            [], [], linestyle="none", marker="v", markersize=6, color=color, alpha=0.9
-        )
-        (self.overflow,) = ax.plot(
-            [], [], linestyle="none", marker="^", markersize=6, color=color, alpha=0.9
-        )
+        (self.zeros,) = ax.plot([], [], linestyle="none", marker="v", markersize=6, color=color, alpha=0.9)
+        (self.overflow,) = ax.plot([], [], linestyle="none", marker="^", markersize=6, color=color, alpha=0.9)
         self.artists = (self.line, self.zeros, self.overflow)
 
     def set(self, values: np.ndarray) -> tuple[float, float, int, int]:
@@ -132,9 +128,7 @@ class ProfileFigure:
     The figure is an ordinary one in between: ``savefig`` draws it whole.
     """
 
-    def __init__(
-        self, width: float = 7.0, height: float = 3.6, dpi: float = 80.0, cache_size: int = 48
-    ):
+    def __init__(self, width: float = 7.0, height: float = 3.6, dpi: float = 80.0, cache_size: int = 48):
         # Fixed margins instead of constrained layout, which would re-measure every label on
         # every redraw and cost more than all the rest.
         self.figure = _new_figure(width, height, layout=None)
@@ -239,9 +233,7 @@ def plot_gradient_profile(
     return fig
 
 
-def plot_activation_derivatives(
-    names: Sequence[str] = ("sigmoid", "tanh"), x_max: float = 6.0
-) -> Figure:
+def plot_activation_derivatives(names: Sequence[str] = ("sigmoid", "tanh"), x_max: float = 6.0) -> Figure:
     """Each activation and its derivative, with the derivative's bound marked."""
     acts = [get_activation(n) for n in names]
     x = torch.linspace(-x_max, x_max, 601)

@@ -46,6 +46,15 @@ class GradientProfile:
         """Number of hidden layers measured."""
         return len(self.layer_names)
 
+    def per_layer_factor(self) -> float:
+        """Geometric-mean factor by which ``||dL/dh_l||`` changes per layer, from the last hidden
+        block back to the first: below 1 the gradient vanishes towards the input, above 1 it
+        explodes. NaN for a single hidden layer."""
+        first, last = self.activation_grad_norms[0], self.activation_grad_norms[-1]
+        if self.depth < 2 or last == 0.0 or not np.isfinite(first / last):
+            return float("nan")
+        return float((first / last) ** (1.0 / (self.depth - 1)))
+
     def first_to_last_ratio(self) -> float:
         """``||dL/dW_first|| / ||dL/dW_last||`` over the hidden layers: far below 1 means vanishing."""
         first, last = self.weight_grad_norms[0], self.weight_grad_norms[-1]

@@ -39,9 +39,7 @@ class GradientExplorer:
     pass plus re-plotting the same figure: no model is rebuilt, no figure created.
     """
 
-    def __init__(
-        self, width: int = 64, max_depth: int = MAX_DEPTH, seed: int = 0, batch_size: int = 64
-    ):
+    def __init__(self, width: int = 64, max_depth: int = MAX_DEPTH, seed: int = 0, batch_size: int = 64):
         self.width = check_positive_int("width", width)
         self.max_depth = check_positive_int("max_depth", max_depth)
         self.seed = seed

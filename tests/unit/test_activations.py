@@ -39,9 +39,7 @@ def test_derivatives_match_closed_forms():
     torch.testing.assert_close(activation_derivative("tanh", x), 1 - torch.tanh(x) ** 2)
     relu = activation_derivative("relu", x[x != 0])
     torch.testing.assert_close(relu, (x[x != 0] > 0).double())
-    gelu_prime = 0.5 * (1 + torch.erf(x / math.sqrt(2))) + x * torch.exp(-(x**2) / 2) / math.sqrt(
-        2 * math.pi
-    )
+    gelu_prime = 0.5 * (1 + torch.erf(x / math.sqrt(2))) + x * torch.exp(-(x**2) / 2) / math.sqrt(2 * math.pi)
     torch.testing.assert_close(activation_derivative("gelu", x), gelu_prime)
 
 

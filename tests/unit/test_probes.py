@@ -33,9 +33,7 @@ def test_profile_matches_a_plain_backward_pass():
     assert prof.head_name == "head"
     weight_norms = [reference.get_submodule(f"linear{i}").weight.grad.norm() for i in range(1, 7)]
     np.testing.assert_allclose(prof.weight_grad_norms, weight_norms, rtol=1e-5)
-    np.testing.assert_allclose(
-        prof.activation_grad_norms, [h.grad.norm() for h in block_outputs], rtol=1e-5
-    )
+    np.testing.assert_allclose(prof.activation_grad_norms, [h.grad.norm() for h in block_outputs], rtol=1e-5)
     assert prof.head_weight_grad_norm == pytest.approx(reference.head.weight.grad.norm().item())
     assert prof.loss == pytest.approx(loss.item())
     assert prof.depth == 6
@@ -199,3 +197,15 @@ def test_first_to_last_ratio_handles_zeros():
     assert profile([0.0, 1.0]).first_to_last_ratio() == 0.0
     assert profile([1.0, 0.0]).first_to_last_ratio() == float("inf")
     assert np.isnan(profile([0.0, 0.0]).first_to_last_ratio())
+
+
+def test_per_layer_factor_is_the_geometric_mean_step():
+    def profile(norms):
+        norms = np.array(norms, dtype=np.float64)
+        return vglib.GradientProfile(tuple("abcd"[: len(norms)]), norms, norms, "head", 1.0, 0.0)
+
+    assert profile([1e-3, 1e-2, 1e-1, 1.0]).per_layer_factor() == pytest.approx(0.1)
+    assert profile([8.0, 4.0, 2.0, 1.0]).per_layer_factor() == pytest.approx(2.0)
+    assert np.isnan(profile([1.0]).per_layer_factor())
+    assert np.isnan(profile([1.0, 0.0]).per_layer_factor())
+    assert profile([0.0, 1.0]).per_layer_factor() == 0.0

@@ -10,7 +10,7 @@ import vglib
 
 
 def draw():
-    return random.random(), float(np.random.rand()), float(torch.rand(1))
+    return random.random(), float(np.random.rand())  # noqa: NPY002, float(torch.rand(1))
 
 
 def test_seeding_repeats_every_generator():

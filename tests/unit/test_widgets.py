@@ -15,9 +15,7 @@ def explorer():
     return GradientExplorer(width=64, max_depth=MAX_DEPTH)
 
 
-@pytest.mark.parametrize(
-    ("activation", "init"), list(itertools.product(vglib.ACTIVATIONS, vglib.INITS))
-)
+@pytest.mark.parametrize(("activation", "init"), list(itertools.product(vglib.ACTIVATIONS, vglib.INITS)))
 @pytest.mark.parametrize("depth", [1, MAX_DEPTH])
 def test_redraw_draws_every_layer_for_every_setting(explorer, depth, activation, init):
     fig = explorer.redraw(depth, activation, init)
@@ -41,9 +39,7 @@ def test_underflow_to_zero_is_drawn_and_announced(explorer):
     assert len(explorer.plot.weight.zeros.get_data()[0]) > 0
 
 
-@pytest.mark.parametrize(
-    ("depth", "activation", "init"), [(1, "gelu", "he"), (37, "tanh", "small")]
-)
+@pytest.mark.parametrize(("depth", "activation", "init"), [(1, "gelu", "he"), (37, "tanh", "small")])
 def test_explorer_model_is_exactly_build_mlp(explorer, depth, activation, init):
     fresh = vglib.build_mlp(depth, 64, activation, init, seed=0)
     expected = vglib.gradient_profile(fresh, explorer.x, explorer.y)

@@ -1,0 +1,86 @@
+"""The project's own promises: pinned set-up, two-command quick start, executed notebooks, nbval live."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTERS = sorted(p for p in (ROOT / "chapters").rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+
+
+def pins(path: Path) -> dict[str, str]:
+    found = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            match = re.fullmatch(r"([A-Za-z0-9_.\-]+)==([^\s;]+)", line)
+            assert match, f"{path.name}: '{line}' is not pinned to an exact version"
+            found[match[1].lower().replace("_", "-")] = match[2]
+    return found
+
+
+def test_requirements_pin_exact_versions_that_the_lock_agrees_with():
+    direct, lock = pins(ROOT / "requirements.txt"), pins(ROOT / "constraints.txt")
+    assert direct["torch"] == "2.13.0"
+    assert direct["jupyter-book"] == "1.0.4.post1"
+    assert direct["ipywidgets"].startswith("8.")
+    for name in ("numpy", "matplotlib", "pytest", "nbval"):
+        assert name in direct
+    for name, version in direct.items():
+        assert lock.get(name) == version, f"constraints.txt pins {name}=={lock.get(name)}, not {version}"
+    assert not [name for name in lock if name.startswith(("nvidia-", "triton"))], "CUDA packages pinned"
+
+
+def test_readme_quick_start_is_exactly_the_two_commands():
+    readme = (ROOT / "README.md").read_text()
+    quick_start = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"```(?:bash|sh|console)?\n(.*?)```", quick_start, flags=re.S)
+    lines = [line.strip() for block in commands for line in block.splitlines() if line.strip()]
+    assert lines == ["make book", "make test"]
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_chapters_are_committed_executed_without_errors(path):
+    notebook = json.loads(path.read_text())
+    assert notebook["metadata"]["kernelspec"]["name"] == "python3"
+    code = [c for c in notebook["cells"] if c["cell_type"] == "code" and "".join(c["source"]).strip()]
+    assert all(c["execution_count"] is not None for c in code), "execute the notebook before committing"
+    outputs = [o for c in code for o in c["outputs"]]
+    assert outputs, "no outputs: nbval would compare nothing"
+    assert not [o for o in outputs if o["output_type"] == "error"]
+    assert not [o for o in outputs if o.get("name") == "stderr"], "a chapter must not print warnings"
+    counts = [c["execution_count"] for c in code]
+    assert counts == sorted(counts), "cells were executed out of order"
+
+
+def test_nbval_really_compares_the_chapter_numbers(tmp_path):
+    """Tamper with one printed number in a copy of the first chapter: nbval must fail on it."""
+    source = ROOT / "chapters" / "causes" / "why_gradients_vanish.ipynb"
+    notebook = json.loads(source.read_text())
+    for cell in notebook["cells"]:
+        for output in cell.get("outputs", []):
+            text = "".join(output.get("text", []))
+            if "ratio first / last" in text:
+                output["text"] = re.sub(r"ratio first / last:\s+\S+", "ratio first / last: 1.0e+00", text)
+                break
+        else:
+            continue
+        break
+    else:
+        pytest.fail("the chapter no longer prints its first/last ratio")
+    tampered = tmp_path / source.name
+    tampered.write_text(json.dumps(notebook))
+    shutil.copy(ROOT / "tests" / "nbval_sanitize.cfg", tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--nbval", "--nbval-current-env",
+         "--nbval-sanitize-with", "nbval_sanitize.cfg", "-o", "addopts=", "-q", tampered.name],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout[-2000:]
+    assert "ratio first / last" in result.stdout and "1 failed" in result.stdout
