@@ -84,3 +84,26 @@ def test_nbval_really_compares_the_chapter_numbers(tmp_path):
     )  # fmt: skip
     assert result.returncode == 1, result.stdout[-2000:]
     assert "ratio first / last" in result.stdout and "1 failed" in result.stdout
+
+
+def test_pytest_collects_chapters_but_not_build_copies(tmp_path):
+    """The book build leaves executed copies under _build/; pytest must only collect chapters/."""
+    cell = {"cell_type": "code", "source": "1", "metadata": {}, "outputs": [], "execution_count": None}
+    notebook = json.dumps({"cells": [cell], "metadata": {}, "nbformat": 4, "nbformat_minor": 4})
+    for relative in (
+        "chapters/a.ipynb",
+        "_build/jupyter_execute/chapters/a.ipynb",
+        "_build/html/_sources/a.ipynb",
+    ):
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text(notebook)
+    (tmp_path / "tests").mkdir()
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    shutil.copy(ROOT / "tests" / "nbval_sanitize.cfg", tmp_path / "tests")
+    for extra in ([], ["."]):  # by testpaths, and by walking the whole tree
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "--collect-only", "-q", *extra],
+            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert "chapters/a.ipynb" in result.stdout
+        assert "_build" not in result.stdout, result.stdout
