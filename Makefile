@@ -42,7 +42,16 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(BIN)/python -c "import torch, vglib; assert not torch.version.cuda, torch.version.cuda"
 	touch $@
 
-book: $(STAMP)
+# Front-end assets the site ships (MathJax), from the npm registry, pinned by package-lock.json.
+SITE_ASSETS := _site_assets/_vendor/mathjax/tex-chtml.js
+$(SITE_ASSETS): package.json package-lock.json
+	npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	rm -rf _site_assets && mkdir -p _site_assets/_vendor/mathjax
+	cp -r node_modules/mathjax/es5/tex-chtml.js node_modules/mathjax/es5/output \
+	  node_modules/mathjax/es5/input node_modules/mathjax/es5/a11y node_modules/mathjax/es5/ui \
+	  node_modules/mathjax/es5/adaptors node_modules/mathjax/LICENSE _site_assets/_vendor/mathjax/
+
+book: $(STAMP) $(SITE_ASSETS)
 	$(BIN)/jupyter-book clean . --all >/dev/null
 	$(BIN)/jupyter-book build . -W -n --keep-going
 	@echo "The book is built: open file://$(CURDIR)/_build/html/index.html"
@@ -63,4 +72,4 @@ benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/explorer_latency.py
 
 clean:
-	rm -rf _build $(VENV)
+	rm -rf _build _site_assets node_modules $(VENV)

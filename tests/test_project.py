@@ -107,3 +107,23 @@ def test_pytest_collects_chapters_but_not_build_copies(tmp_path):
         )  # fmt: skip
         assert "chapters/a.ipynb" in result.stdout
         assert "_build" not in result.stdout, result.stdout
+
+
+def test_binder_installs_the_same_versions_with_cpu_only_torch():
+    lines = [line for line in (ROOT / "binder" / "requirements.txt").read_text().splitlines()]
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in lines
+    binder = pins_from_lines([line for line in lines if not line.startswith("--")])
+    direct = pins(ROOT / "requirements.txt")
+    assert binder.pop("torch") == direct.pop("torch") + "+cpu"
+    assert binder == direct
+    assert "pip install --no-deps" in (ROOT / "binder" / "postBuild").read_text()
+
+
+def pins_from_lines(lines):
+    found = {}
+    for line in lines:
+        line = line.split("#")[0].strip()
+        if line:
+            name, version = line.split("==")
+            found[name.lower()] = version
+    return found

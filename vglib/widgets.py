@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 from collections import OrderedDict
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -21,10 +22,11 @@ from .activations import ACTIVATIONS, get_activation
 from .data import probe_batch
 from .initialization import INITS
 from .models import build_mlp
-from .plots import ProfileFigure
+from .plots import OKABE_ITO, ProfileFigure
 from .probes import GradientProfile, gradient_profile
+from .static import Control, Series, curve_explorer_html
 
-__all__ = ["MAX_DEPTH", "GradientExplorer", "gradient_explorer"]
+__all__ = ["MAX_DEPTH", "STATIC_DEPTHS", "GradientExplorer", "LiveExplorer", "gradient_explorer"]
 
 MAX_DEPTH = 100
 """The deepest network the gradient explorer offers by default."""
@@ -68,15 +70,17 @@ class GradientExplorer:
         """The gradient profile for these settings on the explorer's fixed probe batch."""
         return gradient_profile(self.model(depth, activation, init), self.x, self.y)
 
+    def title(self, depth: int, activation: str, init: str, prof: GradientProfile) -> str:
+        """The figure's title: the settings and the first-to-last weight-gradient ratio."""
+        return (
+            f"depth {depth}, {activation}, {init} init, width {self.width}:  "
+            f"‖∂L/∂W₁‖ / ‖∂L/∂W_last‖ = {prof.first_to_last_ratio():.2g}"
+        )
+
     def redraw(self, depth: int, activation: str, init: str) -> Figure:
         """Measure and re-plot; returns the (reused) figure, rendered."""
         prof = self.profile(depth, activation, init)
-        ratio = prof.first_to_last_ratio()
-        title = (
-            f"depth {depth}, {activation}, {init} init, width {self.width}:  "
-            f"‖∂L/∂W₁‖ / ‖∂L/∂W_last‖ = {ratio:.2g}"
-        )
-        fig = self.plot.update(prof, title)
+        fig = self.plot.update(prof, self.title(depth, activation, init, prof))
         self.plot.render()
         return fig
 
@@ -111,6 +115,65 @@ class GradientExplorer:
             control.observe(on_change, names="value")
         return w.VBox([w.HBox(list(controls.values())), image])
 
+    def static_html(
+        self,
+        depth: int = 30,
+        activation: str = "sigmoid",
+        init: str = "xavier",
+        depths: Sequence[int] | None = None,
+    ) -> str:
+        """The explorer for a page with no kernel: every setting precomputed, drawn by a small script.
+
+        Depths run over ``depths`` (default ``STATIC_DEPTHS`` up to ``max_depth``): every depth
+        up to 10, then coarser steps, which keeps the page small.
+        """
+        grid = tuple(d for d in (depths or STATIC_DEPTHS) if 1 <= d <= self.max_depth)
+        if depth not in grid:
+            raise ValueError(f"depth {depth} is not on the static grid {grid}")
+
+        def frame(depth: int, activation: str, init: str) -> tuple[str, list[np.ndarray]]:
+            prof = self.profile(depth, activation, init)
+            curves = [prof.weight_grad_norms, prof.activation_grad_norms]
+            return self.title(depth, activation, init, prof), curves
+
+        controls = [
+            Control("depth", grid, depth, kind="range"),
+            Control("activation", ACTIVATIONS, activation),
+            Control("init", INITS, init),
+        ]
+        series = [
+            Series("weights ‖∂L/∂W_l‖", OKABE_ITO[0]),
+            Series("activations ‖∂L/∂h_l‖", OKABE_ITO[1], dash="5 3"),
+        ]
+        return curve_explorer_html(
+            controls,
+            frame,
+            series,
+            xlabel="hidden layer l (1 = input side)",
+            ylabel="gradient norm (log scale)",
+        )
+
+
+STATIC_DEPTHS = (*range(1, 11), 12, 14, 16, 18, 20, 25, 30, 35, 40, 45, 50, 60, 70, 80, 90, 100)
+"""Depths the kernel-free explorer offers: every depth to 10, then coarser steps."""
+
+
+class LiveExplorer:
+    """What ``gradient_explorer`` returns: the ipywidgets UI and its kernel-free twin in one output.
+
+    Jupyter shows the live widget; the built HTML page, which has no kernel, shows the static
+    explorer (the book's config prefers ``text/html`` for HTML output).
+    """
+
+    def __init__(self, widget: Any, static_html: str):
+        self.widget = widget
+        self.static_html = static_html
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        bundle = dict(self.widget._repr_mimebundle_(include=include, exclude=exclude) or {})
+        bundle["text/html"] = self.static_html
+        return bundle
+
 
 @lru_cache(maxsize=4)
 def _explorer(width: int, max_depth: int, seed: int) -> GradientExplorer:
@@ -125,7 +188,15 @@ def gradient_explorer(
     width: int = 64,
     max_depth: int = MAX_DEPTH,
     seed: int = 0,
-) -> Any:
-    """The gradient explorer widget: depth, activation and init controls over a per-layer plot."""
+    static: bool = True,
+) -> LiveExplorer:
+    """The gradient explorer: depth, activation and init controls over a per-layer plot.
+
+    Live (ipywidgets) in Jupyter; with ``static=True`` it also carries the kernel-free version that
+    the built HTML page shows (precomputing it takes a few seconds).
+    """
+    explorer = _explorer(width, max_depth, seed)
     with torch.random.fork_rng(devices=[]):
-        return _explorer(width, max_depth, seed).widget(depth, activation, init)
+        widget = explorer.widget(depth, activation, init)
+        html = explorer.static_html(depth, activation, init) if static else ""
+    return LiveExplorer(widget, html)

@@ -1,12 +1,15 @@
 """The gradient explorer: its redraw for every setting, its agreement with build_mlp, its widget."""
 
 import itertools
+import json
+import re
 
 import numpy as np
 import pytest
 
 import vglib
 from vglib.plots import UNDERFLOW_FLOOR
+from vglib.static import encode_log10
 from vglib.widgets import MAX_DEPTH, GradientExplorer
 
 
@@ -77,8 +80,8 @@ def test_bad_settings_raise_clear_errors(explorer, args, error, pattern):
 def test_widget_controls_cover_every_choice_and_redraw_on_change():
     import ipywidgets as w
 
-    box = vglib.gradient_explorer(depth=5, activation="tanh", init="he", max_depth=12)
-    controls, image = box.children
+    explorer = vglib.gradient_explorer(depth=5, activation="tanh", init="he", max_depth=12, static=False)
+    controls, image = explorer.widget.children
     depth, activation, init = controls.children
     assert (depth.min, depth.max, depth.value) == (1, 12, 5)
     assert tuple(activation.options) == vglib.ACTIVATIONS
@@ -91,3 +94,28 @@ def test_widget_controls_cover_every_choice_and_redraw_on_change():
     after_depth = image.value
     init.value = "small"
     assert image.value not in (before, after_depth)
+
+
+def test_live_explorer_carries_the_widget_and_its_static_twin():
+    live = vglib.gradient_explorer(depth=3, activation="relu", init="he", max_depth=4)
+    bundle = live._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle  # Jupyter: the live widget
+    assert bundle["text/html"] == live.static_html  # the built page: the kernel-free explorer
+    assert 'class="vg-curve-explorer"' in live.static_html
+
+
+def test_static_explorer_holds_every_setting_as_measured():
+    small = GradientExplorer(width=16, max_depth=5)
+    page = small.static_html(depth=2, activation="tanh", init="he", depths=(1, 2, 5, 9))
+    spec = json.loads(re.search(r'<script type="application/json">(.*?)</script>', page, re.S)[1])
+    depth, activation, init = spec["controls"]
+    assert depth["values"] == [1, 2, 5] and depth["value"] == 2  # 9 > max_depth is dropped
+    assert activation["values"] == list(vglib.ACTIVATIONS) and init["values"] == list(vglib.INITS)
+    assert len(spec["frames"]) == 3 * len(vglib.ACTIVATIONS) * len(vglib.INITS)
+    prof = small.profile(5, "sigmoid", "small")
+    frame = spec["frames"]["5|sigmoid|small"]
+    assert frame["y"][0] == encode_log10(prof.weight_grad_norms)
+    assert frame["y"][1] == encode_log10(prof.activation_grad_norms)
+    assert frame["title"] == small.title(5, "sigmoid", "small", prof)
+    with pytest.raises(ValueError, match="static grid"):
+        small.static_html(depth=3, depths=(1, 2))

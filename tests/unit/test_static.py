@@ -1,0 +1,48 @@
+"""The kernel-free explorer builder: encoding, page structure, errors."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from vglib.static import Control, Series, curve_explorer_html, encode_log10
+
+
+def test_encode_log10_keeps_two_decimals_and_marks_zeros_and_overflow():
+    assert encode_log10(np.array([1.0, 1e-3, 2.0, 0.0, np.inf, np.nan])) == [0, -300, 30, None, 3854, 3854]
+
+
+def test_page_holds_one_frame_per_combination_and_the_script():
+    calls = []
+
+    def frame(n: int, kind: str):
+        calls.append((n, kind))
+        return f"{kind} {n}", [np.logspace(-n, 0, n)]
+
+    page = curve_explorer_html(
+        [Control("n", (2, 3), 2, kind="range"), Control("kind", ("a", "b</script>"), "a")],
+        frame,
+        [Series("curve", "#000")],
+        xlabel="x",
+        ylabel="y",
+    )
+    assert len(calls) == 4
+    data = re.search(r'<script type="application/json">(.*?)</script>', page, re.S)[1]
+    spec = json.loads(data.replace("<\\/", "</"))
+    assert set(spec["frames"]) == {"2|a", "3|a", "2|b</script>", "3|b</script>"}
+    assert spec["frames"]["3|a"] == {"title": "a 3", "y": [[-300, -150, 0]]}
+    assert "document.querySelectorAll" in page  # the renderer travels with the page
+    assert "http" not in page.replace("http://www.w3.org/2000/svg", "")  # nothing fetched
+
+
+def test_bad_controls_and_frames_are_rejected():
+    with pytest.raises(ValueError, match="'range', 'select'"):
+        Control("n", (1,), 1, kind="slider")
+    with pytest.raises(ValueError, match="not among"):
+        Control("n", (1, 2), 3)
+    with pytest.raises(ValueError, match="2 curves for 1 series"):
+        curve_explorer_html(
+            [Control("n", (1,), 1)], lambda n: ("t", [np.ones(1), np.ones(1)]), [Series("s", "#000")],
+            xlabel="x", ylabel="y",
+        )  # fmt: skip

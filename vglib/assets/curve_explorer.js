@@ -1,0 +1,109 @@
+// Kernel-free curve explorer: draws precomputed per-layer curves as SVG, chosen by the controls.
+// Self-contained (no libraries, no network). Data format: see vglib/static.py.
+(function () {
+  "use strict";
+  var NS = "http://www.w3.org/2000/svg";
+  var SUP = { "-": "\u207b", "0": "\u2070", "1": "\u00b9", "2": "\u00b2", "3": "\u00b3", "4": "\u2074",
+              "5": "\u2075", "6": "\u2076", "7": "\u2077", "8": "\u2078", "9": "\u2079" };
+  function el(tag, attrs, parent) {
+    var node = document.createElementNS(NS, tag);
+    for (var k in attrs) node.setAttribute(k, attrs[k]);
+    if (parent) parent.appendChild(node);
+    return node;
+  }
+  function text(parent, x, y, s, attrs) {
+    var t = el("text", Object.assign({ x: x, y: y, "font-size": 12, fill: "#222" }, attrs || {}), parent);
+    t.textContent = s;
+    return t;
+  }
+  function power(e) { return "10" + String(e).split("").map(function (c) { return SUP[c]; }).join(""); }
+
+  function draw(root, spec, frame) {
+    var svg = root.querySelector("svg");
+    while (svg.firstChild) svg.removeChild(svg.firstChild);
+    var W = 640, H = 330, L = 64, R = 12, T = 30, B = 44;
+    el("rect", { x: 0, y: 0, width: W, height: H, fill: "#fff" }, svg);
+    var n = frame.y[0].length, floor = spec.floor, lo = Infinity, hi = -Infinity, zeros = 0;
+    frame.y.forEach(function (ys) {
+      ys.forEach(function (v) {
+        if (v === null) { zeros++; v = floor; }
+        v = v / 100; lo = Math.min(lo, v); hi = Math.max(hi, v);
+      });
+    });
+    var bottom = 3 * Math.floor((lo - 0.5) / 3), top = 3 * Math.ceil((hi + 0.5) / 3);
+    var right = n <= 10 ? n : 10 * Math.ceil(n / 10);
+    function X(i) { return L + (i + 1 - 0.5) / right * (W - L - R); }
+    function Y(v) { return T + (top - v) / (top - bottom) * (H - T - B); }
+    el("rect", { x: L, y: T, width: W - L - R, height: H - T - B, fill: "none", stroke: "#444" }, svg);
+    var step = Math.max(1, Math.ceil((top - bottom) / 6));
+    for (var e = Math.ceil(bottom / step) * step; e <= top; e += step) {
+      el("line", { x1: L, x2: W - R, y1: Y(e), y2: Y(e), stroke: "#ddd" }, svg);
+      text(svg, L - 6, Y(e) + 4, power(e), { "text-anchor": "end" });
+    }
+    var xstep = right <= 10 ? 1 : right <= 50 ? 10 : 20;
+    for (var k = xstep; k <= right; k += xstep) {
+      el("line", { x1: X(k - 1), x2: X(k - 1), y1: H - B, y2: H - B + 4, stroke: "#444" }, svg);
+      text(svg, X(k - 1), H - B + 16, String(k), { "text-anchor": "middle" });
+    }
+    text(svg, (L + W - R) / 2, H - 8, spec.xlabel, { "text-anchor": "middle" });
+    text(svg, 14, (T + H - B) / 2, spec.ylabel, { "text-anchor": "middle", transform: "rotate(-90 14 " + (T + H - B) / 2 + ")" });
+    text(svg, (L + W - R) / 2, 18, frame.title, { "text-anchor": "middle", "font-size": 13 });
+    if (zeros) el("line", { x1: L, x2: W - R, y1: Y(floor / 100), y2: Y(floor / 100), stroke: "#888", "stroke-dasharray": "2 3" }, svg);
+    spec.series.forEach(function (s, j) {
+      var pts = frame.y[j].map(function (v, i) { return X(i) + "," + Y((v === null ? floor : v) / 100); });
+      el("polyline", { points: pts.join(" "), fill: "none", stroke: s.color, "stroke-width": 1.6,
+                       "stroke-dasharray": s.dash || "", "class": "vg-series-" + j }, svg);
+      frame.y[j].forEach(function (v, i) {
+        if (v === null) el("path", { d: "M" + (X(i) - 4) + "," + (Y(floor / 100) - 7) + "h8l-4,7z", fill: s.color }, svg);
+        else el("circle", { cx: X(i), cy: Y(v / 100), r: 2, fill: s.color }, svg);
+      });
+      el("line", { x1: L + 10, x2: L + 34, y1: T + 14 + 16 * j, y2: T + 14 + 16 * j, stroke: s.color, "stroke-width": 2, "stroke-dasharray": s.dash || "" }, svg);
+      text(svg, L + 40, T + 18 + 16 * j, s.label, { "font-size": 11 });
+    });
+    if (zeros) text(svg, W - R - 6, H - B - 8, "\u25bc " + zeros + " norm(s) exactly 0 (float32 underflow), drawn at 1e-45",
+                    { "text-anchor": "end", "font-size": 11 });
+    svg.setAttribute("aria-label", frame.title);
+  }
+
+  function init(root) {
+    var spec = JSON.parse(root.querySelector("script[type='application/json']").textContent);
+    var form = root.querySelector(".vg-controls"), inputs = [];
+    spec.controls.forEach(function (c) {
+      var label = document.createElement("label");
+      label.textContent = c.name + " ";
+      var input;
+      if (c.kind === "range") {
+        input = document.createElement("input");
+        input.type = "range"; input.min = 0; input.max = c.values.length - 1; input.step = 1;
+        input.value = c.values.indexOf(c.value);
+        var out = document.createElement("output");
+        out.textContent = c.value;
+        input.addEventListener("input", function () { out.textContent = c.values[+input.value]; });
+        label.appendChild(input); label.appendChild(out);
+        input.read = function () { return c.values[+input.value]; };
+      } else {
+        input = document.createElement("select");
+        c.values.forEach(function (v) { var o = document.createElement("option"); o.value = o.textContent = v; input.appendChild(o); });
+        input.value = c.value;
+        label.appendChild(input);
+        input.read = function () { return input.value; };
+      }
+      input.name = c.name;
+      input.setAttribute("data-control", c.name);
+      input.addEventListener("input", redraw);
+      input.addEventListener("change", redraw);
+      inputs.push(input);
+      form.appendChild(label);
+    });
+    function redraw() {
+      var key = inputs.map(function (i) { return i.read(); }).join("|");
+      root.setAttribute("data-key", key);
+      draw(root, spec, spec.frames[key]);
+    }
+    redraw();
+  }
+  document.querySelectorAll(".vg-curve-explorer:not([data-ready])").forEach(function (root) {
+    root.setAttribute("data-ready", "1");
+    init(root);
+  });
+})();

@@ -1,0 +1,108 @@
+"""Kernel-free explorers for the static HTML page.
+
+On a built page there is no Python kernel to recompute anything, so an explorer ships its answers:
+one precomputed frame (a title and a few per-layer curves) per combination of control values, and
+a small self-contained script (``assets/curve_explorer.js``, no libraries, no network) that draws
+the selected frame as SVG whenever a control changes. Any chapter can build one with
+``curve_explorer_html``; the gradient explorer is one such use.
+"""
+
+from __future__ import annotations
+
+import html
+import itertools
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+
+__all__ = ["Control", "Series", "curve_explorer_html", "encode_log10"]
+
+_CEILING = 3854  # 100 * log10(float32 max): where overflow (inf/nan) is drawn
+
+
+@dataclass(frozen=True)
+class Control:
+    """A control of a static explorer: a slider (``kind="range"``) or a menu (``"select"``)."""
+
+    name: str
+    values: tuple[str | int | float, ...]
+    value: str | int | float
+    kind: str = "select"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("range", "select"):
+            raise ValueError(f"unknown control kind {self.kind!r}; valid choices are 'range', 'select'")
+        if self.value not in self.values:
+            raise ValueError(f"{self.name}: initial value {self.value!r} is not among {self.values!r}")
+
+
+@dataclass(frozen=True)
+class Series:
+    """How one curve is drawn: its legend label, colour and dash pattern (SVG ``stroke-dasharray``)."""
+
+    label: str
+    color: str
+    dash: str = ""
+
+
+def encode_log10(values: np.ndarray) -> list[int | None]:
+    """Values as ``round(100 * log10(v))``: compact, and plenty for a log-scale plot. Exact zeros
+    (underflow) become ``None``, drawn at the floor and marked; inf and NaN the float32 ceiling."""
+    values = np.asarray(values, dtype=np.float64)
+    out: list[int | None] = []
+    for v in values:
+        if v == 0.0:
+            out.append(None)
+        elif not np.isfinite(v):
+            out.append(_CEILING)
+        else:
+            out.append(round(100 * float(np.log10(v))))
+    return out
+
+
+def curve_explorer_html(
+    controls: Sequence[Control],
+    frame: Callable[..., tuple[str, Sequence[np.ndarray]]],
+    series: Sequence[Series],
+    *,
+    xlabel: str,
+    ylabel: str,
+    floor: float = 1e-45,
+) -> str:
+    """A self-contained HTML explorer: ``frame(**settings) -> (title, curves)`` is called for every
+    combination of control values now, and the page only looks the answers up."""
+    names = [c.name for c in controls]
+    frames: dict[str, dict[str, object]] = {}
+    for combination in itertools.product(*(c.values for c in controls)):
+        title, curves = frame(**dict(zip(names, combination, strict=True)))
+        if len(curves) != len(series):
+            raise ValueError(f"frame returned {len(curves)} curves for {len(series)} series")
+        key = "|".join(str(v) for v in combination)
+        frames[key] = {"title": title, "y": [encode_log10(c) for c in curves]}
+    spec = {
+        "controls": [
+            {"name": c.name, "kind": c.kind, "values": list(c.values), "value": c.value} for c in controls
+        ],
+        "series": [{"label": s.label, "color": s.color, "dash": s.dash} for s in series],
+        "frames": frames,
+        "floor": round(100 * float(np.log10(floor))),
+        "xlabel": xlabel,
+        "ylabel": ylabel,
+    }
+    data = json.dumps(spec, separators=(",", ":"), ensure_ascii=False).replace("</", "<\\/")
+    script = resources.files("vglib").joinpath("assets/curve_explorer.js").read_text(encoding="utf-8")
+    first = next(iter(frames.values()))
+    return (
+        '<div class="vg-curve-explorer">'
+        '<form class="vg-controls" onsubmit="return false" '
+        'style="display:flex;flex-wrap:wrap;gap:0.3em 1.2em;font-size:0.9em"></form>'
+        '<svg viewBox="0 0 640 330" role="img" font-family="DejaVu Sans, Helvetica, Arial, sans-serif" '
+        'style="width:100%;max-width:640px;height:auto;'
+        f'background:#fff" aria-label="{html.escape(str(first["title"]))}"></svg>'
+        f'<script type="application/json">{data}</script>'
+        f"<script>{script}</script>"
+        "</div>"
+    )
