@@ -14,12 +14,17 @@ CHAPTERS = sorted(p for p in (ROOT / "chapters").rglob("*.ipynb") if ".ipynb_che
 
 
 def pins(path: Path) -> dict[str, str]:
+    return pins_from_lines(path.read_text().splitlines(), path.name)
+
+
+def pins_from_lines(lines: list[str], source: str = "") -> dict[str, str]:
+    """``name -> version`` of requirement lines; every line must pin an exact version."""
     found = {}
-    for line in path.read_text().splitlines():
+    for line in lines:
         line = line.split("#")[0].strip()
         if line:
             match = re.fullmatch(r"([A-Za-z0-9_.\-]+)==([^\s;]+)", line)
-            assert match, f"{path.name}: '{line}' is not pinned to an exact version"
+            assert match, f"{source}: '{line}' is not pinned to an exact version"
             found[match[1].lower().replace("_", "-")] = match[2]
     return found
 
@@ -112,18 +117,8 @@ def test_pytest_collects_chapters_but_not_build_copies(tmp_path):
 def test_binder_installs_the_same_versions_with_cpu_only_torch():
     lines = [line for line in (ROOT / "binder" / "requirements.txt").read_text().splitlines()]
     assert "--extra-index-url https://download.pytorch.org/whl/cpu" in lines
-    binder = pins_from_lines([line for line in lines if not line.startswith("--")])
+    binder = pins_from_lines([line for line in lines if not line.startswith("--")], "binder/requirements.txt")
     direct = pins(ROOT / "requirements.txt")
     assert binder.pop("torch") == direct.pop("torch") + "+cpu"
     assert binder == direct
     assert "pip install --no-deps" in (ROOT / "binder" / "postBuild").read_text()
-
-
-def pins_from_lines(lines):
-    found = {}
-    for line in lines:
-        line = line.split("#")[0].strip()
-        if line:
-            name, version = line.split("==")
-            found[name.lower()] = version
-    return found
