@@ -83,8 +83,8 @@ def _power_of_ten(value: float, _pos: object = None) -> str:
     return "10" + str(round(exponent)).translate(_SUPERSCRIPT)
 
 
-def _decorate_log_axis(ax: Axes, floor_label: bool = True) -> None:
-    ax.set_autoscale_on(False)  # limits are always set from the data, by _set_limits or update
+def _decorate_log_axis(ax: Axes) -> None:
+    ax.set_autoscale_on(False)  # limits are always set from the data, by _set_limits
     ax.set_yscale("log")
     # Few ticks: a range can span 45 decades, and every tick label costs drawing time.
     ax.yaxis.set_major_locator(LogLocator(base=10.0, numticks=7))
@@ -95,15 +95,13 @@ def _decorate_log_axis(ax: Axes, floor_label: bool = True) -> None:
     ax.set_ylabel("gradient norm (log scale)")
     ax.grid(True, which="major", alpha=0.3)
     ax.set_facecolor("white")
-    if floor_label:
-        ax.axhline(UNDERFLOW_FLOOR, color="0.5", linestyle=":", linewidth=1)
+    ax.axhline(UNDERFLOW_FLOOR, color="0.5", linestyle=":", linewidth=1)
 
 
 def _set_limits(ax: Axes, depth: int, low: float, high: float) -> None:
-    low = max(low, UNDERFLOW_FLOOR)
-    high = max(high, low)
-    ax.set_ylim(low / 10.0, high * 10.0)
-    ax.set_xlim(0.5, depth + 0.5)
+    left, right, bottom, top = _snap_limits(depth, low, high)
+    ax.set_xlim(left, right)
+    ax.set_ylim(bottom, top)
 
 
 def _snap_limits(depth: int, low: float, high: float) -> tuple[float, float, float, float]:
@@ -152,9 +150,7 @@ class ProfileFigure:
         """Show ``profile``; returns the figure (not yet rendered)."""
         lo_w, hi_w, zeros_w, bad_w = self.weight.set(profile.weight_grad_norms)
         lo_a, hi_a, zeros_a, bad_a = self.activation.set(profile.activation_grad_norms)
-        left, right, bottom, top = _snap_limits(profile.depth, min(lo_w, lo_a), max(hi_w, hi_a))
-        self.ax.set_xlim(left, right)
-        self.ax.set_ylim(bottom, top)
+        _set_limits(self.ax, profile.depth, min(lo_w, lo_a), max(hi_w, hi_a))
         self.ax.title.set_text(title)
         self.note.set_text(_underflow_note(zeros_w + zeros_a, bad_w + bad_a))
         self.note.set_visible(bool(zeros_w + zeros_a + bad_w + bad_a))
