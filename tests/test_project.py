@@ -122,3 +122,18 @@ def test_binder_installs_the_same_versions_with_cpu_only_torch():
     assert binder.pop("torch") == direct.pop("torch") + "+cpu"
     assert binder == direct
     assert "pip install --no-deps" in (ROOT / "binder" / "postBuild").read_text()
+
+
+def test_theme_macro_override_differs_from_the_theme_only_by_fontawesome_js():
+    """_templates/static/webpack-macros.html is the theme's own file less its fontawesome.js line."""
+    import pydata_sphinx_theme
+
+    theme = Path(pydata_sphinx_theme.__file__).parent / "theme" / "pydata_sphinx_theme"
+    original = (theme / "static" / "webpack-macros.html").read_text()
+    ours = (ROOT / "_templates" / "static" / "webpack-macros.html").read_text()
+    ours_without_note = re.sub(r"  <!-- Vanishing Gradients:.*?-->\n", "", ours, flags=re.S)
+    original_without_fontawesome = re.sub(
+        r"  <!-- So that users can add custom icons -->\n.*?fontawesome\.js.*?\n", "", original
+    )
+    assert "scripts/fontawesome.js" in original and "scripts/fontawesome.js" not in ours
+    assert ours_without_note == original_without_fontawesome

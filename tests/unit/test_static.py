@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from vglib.static import Control, Series, curve_explorer_html, encode_log10
+from vglib.static import Control, Series, curve_explorer_html, encode_log10, pack_curves, unpack_curves
 
 
 def test_encode_log10_keeps_two_decimals_and_marks_zeros_and_overflow():
@@ -31,7 +31,8 @@ def test_page_holds_one_frame_per_combination_and_the_script():
     data = re.search(r'<script type="application/json">(.*?)</script>', page, re.S)[1]
     spec = json.loads(data.replace("<\\/", "</"))
     assert set(spec["frames"]) == {"2|a", "3|a", "2|b</script>", "3|b</script>"}
-    assert spec["frames"]["3|a"] == {"title": "a 3", "y": [[-300, -150, 0]]}
+    assert spec["frames"]["3|a"]["title"] == "a 3"
+    assert unpack_curves(spec["frames"]["3|a"]["y"], 1) == [[-300, -150, 0]]
     assert "document.querySelectorAll" in page  # the renderer travels with the page
     assert "http" not in page.replace("http://www.w3.org/2000/svg", "")  # nothing fetched
 
@@ -46,3 +47,8 @@ def test_bad_controls_and_frames_are_rejected():
             [Control("n", (1,), 1)], lambda n: ("t", [np.ones(1), np.ones(1)]), [Series("s", "#000")],
             xlabel="x", ylabel="y",
         )  # fmt: skip
+
+
+def test_packing_round_trips_codes_zeros_and_overflow():
+    curves = [np.array([1.0, 0.0, 1e-44]), np.array([np.inf, 3e38, 1e-3])]
+    assert unpack_curves(pack_curves(curves), 2) == [encode_log10(c) for c in curves]

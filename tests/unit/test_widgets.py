@@ -9,7 +9,7 @@ import pytest
 
 import vglib
 from vglib.plots import UNDERFLOW_FLOOR
-from vglib.static import encode_log10
+from vglib.static import encode_log10, unpack_curves
 from vglib.widgets import MAX_DEPTH, GradientExplorer
 
 
@@ -114,8 +114,9 @@ def test_static_explorer_holds_every_setting_as_measured():
     assert len(spec["frames"]) == 3 * len(vglib.ACTIVATIONS) * len(vglib.INITS)
     prof = small.profile(5, "sigmoid", "small")
     frame = spec["frames"]["5|sigmoid|small"]
-    assert frame["y"][0] == encode_log10(prof.weight_grad_norms)
-    assert frame["y"][1] == encode_log10(prof.activation_grad_norms)
+    weights, activations = unpack_curves(frame["y"], 2)
+    assert weights == encode_log10(prof.weight_grad_norms)
+    assert activations == encode_log10(prof.activation_grad_norms)
     assert frame["title"] == small.title(5, "sigmoid", "small", prof)
     with pytest.raises(ValueError, match="static grid"):
         small.static_html(depth=3, depths=(1, 2))

@@ -16,6 +16,20 @@
     t.textContent = s;
     return t;
   }
+  // A frame's curves: base64 of little-endian int16 codes, round(100 log10 v); -32768 = exactly 0.
+  function unpack(packed, count) {
+    var bytes = atob(packed), n = bytes.length / 2 / count, rows = [];
+    for (var j = 0; j < count; j++) {
+      var row = [];
+      for (var i = 0; i < n; i++) {
+        var k = 2 * (j * n + i), v = bytes.charCodeAt(k) | (bytes.charCodeAt(k + 1) << 8);
+        if (v >= 32768) v -= 65536;
+        row.push(v === -32768 ? null : v);
+      }
+      rows.push(row);
+    }
+    return rows;
+  }
   function power(e) { return "10" + String(e).split("").map(function (c) { return SUP[c]; }).join(""); }
 
   function draw(root, spec, frame) {
@@ -98,7 +112,8 @@
     function redraw() {
       var key = inputs.map(function (i) { return i.read(); }).join("|");
       root.setAttribute("data-key", key);
-      draw(root, spec, spec.frames[key]);
+      var frame = spec.frames[key];
+      draw(root, spec, { title: frame.title, y: unpack(frame.y, spec.series.length) });
     }
     redraw();
   }
