@@ -12,13 +12,16 @@ from .initialization import INITS, init_layer, init_variance, init_weights, weig
 from .models import build_mlp
 from .plots import (
     UNDERFLOW_FLOOR,
+    CurveFigure,
     ProfileFigure,
+    Series,
     plot_activation_derivatives,
     plot_gradient_profile,
 )
 from .probes import GradientProfile, gradient_profile
+from .static import Control
 from .theory import chain_rule_bound, relu_gradient_factor
-from .widgets import GradientExplorer, gradient_explorer
+from .widgets import GradientExplorer, curve_explorer, gradient_explorer
 
 __version__ = "0.1.0"
 
@@ -27,12 +30,16 @@ __all__ = [
     "INITS",
     "UNDERFLOW_FLOOR",
     "Activation",
+    "Control",
+    "CurveFigure",
     "GradientExplorer",
     "GradientProfile",
     "ProfileFigure",
+    "Series",
     "activation_derivative",
     "build_mlp",
     "chain_rule_bound",
+    "curve_explorer",
     "get_activation",
     "gradient_explorer",
     "gradient_profile",

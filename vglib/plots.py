@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import matplotlib as mpl
@@ -23,9 +24,12 @@ from .activations import get_activation
 from .probes import GradientProfile
 
 __all__ = [
+    "GRADIENT_SERIES",
     "OKABE_ITO",
     "UNDERFLOW_FLOOR",
+    "CurveFigure",
     "ProfileFigure",
+    "Series",
     "plot_activation_derivatives",
     "plot_gradient_profile",
 ]
@@ -50,7 +54,7 @@ def _new_figure(width: float, height: float, layout: str | None = "constrained")
 class _NormCurve:
     """A per-layer curve of norms on a log axis, with zeros drawn at the floor and marked."""
 
-    def __init__(self, ax: Axes, label: str, color: str, marker: str, linestyle: str = "-"):
+    def __init__(self, ax: Axes, label: str, color: str, marker: str, linestyle: Any = "-"):
         (self.line,) = ax.plot(
             [], [], color=color, marker=marker, markersize=3, linestyle=linestyle, label=label
         )
@@ -115,18 +119,51 @@ def _snap_limits(depth: int, low: float, high: float) -> tuple[float, float, flo
     return 0.5, right + 0.5, float(10.0**bottom), float(10.0**top)
 
 
-class ProfileFigure:
-    """A reusable figure of one gradient profile (weight and activation gradients per layer).
+@dataclass(frozen=True)
+class Series:
+    """How one curve is drawn: its legend label, colour and dash pattern (SVG ``stroke-dasharray``
+    syntax, e.g. ``"5 3"``; empty for a solid line)."""
 
-    Built for redrawing many times a second: ``update`` changes the data of existing artists
-    instead of making a new figure, and ``render`` blits. Everything that depends only on the
-    axis limits (frame, ticks, labels, legend) is drawn once per distinct set of limits, kept,
-    and pasted back; only the curves, the title and the note are drawn on each render. Drawing
-    text is the slow part of Agg (about 1 ms a label), and most labels do not change.
-    The figure is an ordinary one in between: ``savefig`` draws it whole.
+    label: str
+    color: str
+    dash: str = ""
+
+    @property
+    def linestyle(self) -> str | tuple[float, tuple[float, ...]]:
+        """The dash pattern in matplotlib's terms."""
+        return "-" if not self.dash else (0.0, tuple(float(d) for d in self.dash.split()))
+
+
+GRADIENT_SERIES = (
+    Series("weights ‖∂L/∂W_l‖", OKABE_ITO[0]),
+    Series("activations ‖∂L/∂h_l‖", OKABE_ITO[1], dash="5 3"),
+)
+"""The two curves of a gradient profile, as every explorer draws them."""
+
+
+class CurveFigure:
+    """A reusable figure of per-layer curves on a log scale, built for many redraws a second.
+
+    ``update`` changes the data of existing artists instead of making a new figure, and ``render``
+    blits: everything that depends only on the axis limits (frame, ticks, labels, legend) is drawn
+    once per distinct set of limits, kept, and pasted back; only the curves, the title and the
+    note are drawn on each render. Drawing text is the slow part of Agg (about 1 ms a label), and
+    most labels do not change. The figure is an ordinary one in between: ``savefig`` draws it whole.
     """
 
-    def __init__(self, width: float = 7.0, height: float = 3.6, dpi: float = 80.0, cache_size: int = 48):
+    def __init__(
+        self,
+        series: Sequence[Series] = GRADIENT_SERIES,
+        *,
+        xlabel: str = "hidden layer $l$ (1 = input side)",
+        ylabel: str = "gradient norm (log scale)",
+        width: float = 7.0,
+        height: float = 3.6,
+        dpi: float = 80.0,
+        cache_size: int = 48,
+    ):
+        if not series:
+            raise ValueError("a CurveFigure needs at least one series")
         # Fixed margins instead of constrained layout, which would re-measure every label on
         # every redraw and cost more than all the rest.
         self.figure = _new_figure(width, height, layout=None)
@@ -134,26 +171,36 @@ class ProfileFigure:
         self.figure.subplots_adjust(left=0.11, right=0.98, bottom=0.14, top=0.9)
         self.ax = self.figure.add_subplot()
         _decorate_log_axis(self.ax)
-        self.weight = _NormCurve(self.ax, "weights ‖∂L/∂W_l‖", OKABE_ITO[0], "o")
-        self.activation = _NormCurve(self.ax, "activations ‖∂L/∂h_l‖", OKABE_ITO[1], "s", "--")
+        self.ax.set_xlabel(xlabel)
+        self.ax.set_ylabel(ylabel)
+        markers = "os^Dv<>"
+        self.curves = [
+            _NormCurve(self.ax, s.label, s.color, markers[i % len(markers)], s.linestyle)
+            for i, s in enumerate(series)
+        ]
         self.ax.legend(loc="upper left", fontsize=8, framealpha=1.0)
         self.ax.set_title(" ", fontsize=10, y=1.01)  # a fixed y skips re-measuring the axes
         self.note = self.ax.text(
             0.99, 0.02, "", transform=self.ax.transAxes, ha="right", va="bottom", fontsize=8,
             bbox={"facecolor": "white", "edgecolor": "0.6", "alpha": 1.0},
         )  # fmt: skip
-        self._dynamic = [*self.weight.artists, *self.activation.artists, self.ax.title, self.note]
+        self._dynamic = [*(a for c in self.curves for a in c.artists), self.ax.title, self.note]
         self._backgrounds: OrderedDict[tuple[float, ...], Any] = OrderedDict()
         self._cache_size = cache_size
 
-    def update(self, profile: GradientProfile, title: str = "") -> Figure:
-        """Show ``profile``; returns the figure (not yet rendered)."""
-        lo_w, hi_w, zeros_w, bad_w = self.weight.set(profile.weight_grad_norms)
-        lo_a, hi_a, zeros_a, bad_a = self.activation.set(profile.activation_grad_norms)
-        _set_limits(self.ax, profile.depth, min(lo_w, lo_a), max(hi_w, hi_a))
+    def update(self, curves: Sequence[np.ndarray], title: str = "") -> Figure:
+        """Show one array per series (layer 1 first); returns the figure (not yet rendered)."""
+        if len(curves) != len(self.curves):
+            raise ValueError(f"got {len(curves)} curves for {len(self.curves)} series")
+        low, high, zeros, bad, depth = np.inf, 0.0, 0, 0, 1
+        for curve, values in zip(self.curves, curves, strict=True):
+            lo, hi, z, b = curve.set(np.asarray(values, dtype=np.float64))
+            low, high, zeros, bad = min(low, lo), max(high, hi), zeros + z, bad + b
+            depth = max(depth, len(values))
+        _set_limits(self.ax, depth, low, high)
         self.ax.title.set_text(title)
-        self.note.set_text(_underflow_note(zeros_w + zeros_a, bad_w + bad_a))
-        self.note.set_visible(bool(zeros_w + zeros_a + bad_w + bad_a))
+        self.note.set_text(_underflow_note(zeros, bad))
+        self.note.set_visible(bool(zeros + bad))
         return self.figure
 
     def render(self) -> np.ndarray:
@@ -179,6 +226,18 @@ class ProfileFigure:
             for artist in self._dynamic:
                 artist.set_animated(False)
         return np.asarray(canvas.buffer_rgba())
+
+
+class ProfileFigure(CurveFigure):
+    """A ``CurveFigure`` of one gradient profile: weight and activation gradients per layer."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(GRADIENT_SERIES, **kwargs)
+        self.weight, self.activation = self.curves
+
+    def update(self, profile: GradientProfile, title: str = "") -> Figure:  # type: ignore[override]
+        """Show ``profile``; returns the figure (not yet rendered)."""
+        return super().update([profile.weight_grad_norms, profile.activation_grad_norms], title)
 
 
 def _underflow_note(zeros: int, overflows: int) -> str:

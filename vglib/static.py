@@ -19,7 +19,9 @@ from importlib import resources
 
 import numpy as np
 
-__all__ = ["Control", "Series", "curve_explorer_html", "encode_log10", "pack_curves", "unpack_curves"]
+from .plots import Series
+
+__all__ = ["Control", "curve_explorer_html", "encode_log10", "pack_curves", "unpack_curves"]
 
 _CEILING = 3854  # 100 * log10(float32 max): where overflow (inf/nan) is drawn
 _ZERO = -32768  # int16 code of an exact zero
@@ -39,15 +41,6 @@ class Control:
             raise ValueError(f"unknown control kind {self.kind!r}; valid choices are 'range', 'select'")
         if self.value not in self.values:
             raise ValueError(f"{self.name}: initial value {self.value!r} is not among {self.values!r}")
-
-
-@dataclass(frozen=True)
-class Series:
-    """How one curve is drawn: its legend label, colour and dash pattern (SVG ``stroke-dasharray``)."""
-
-    label: str
-    color: str
-    dash: str = ""
 
 
 def encode_log10(values: np.ndarray) -> list[int | None]:

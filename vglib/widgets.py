@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -22,11 +22,18 @@ from .activations import ACTIVATIONS, get_activation
 from .data import probe_batch
 from .initialization import INITS
 from .models import build_mlp
-from .plots import OKABE_ITO, ProfileFigure
+from .plots import GRADIENT_SERIES, CurveFigure, ProfileFigure, Series
 from .probes import GradientProfile, gradient_profile
-from .static import Control, Series, curve_explorer_html
+from .static import Control, curve_explorer_html
 
-__all__ = ["MAX_DEPTH", "STATIC_DEPTHS", "GradientExplorer", "LiveExplorer", "gradient_explorer"]
+__all__ = [
+    "MAX_DEPTH",
+    "STATIC_DEPTHS",
+    "GradientExplorer",
+    "LiveExplorer",
+    "curve_explorer",
+    "gradient_explorer",
+]
 
 MAX_DEPTH = 100
 """The deepest network the gradient explorer offers by default."""
@@ -88,10 +95,7 @@ class GradientExplorer:
         """The redrawn figure as PNG bytes, as the widget shows it."""
         fig = self.redraw(depth, activation, init)
         # Encode the pixels already drawn rather than savefig, which would draw them again.
-        pixels = PIL.Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3])
-        buffer = io.BytesIO()
-        pixels.save(buffer, format="png", compress_level=1)
-        return buffer.getvalue()
+        return _png(np.asarray(fig.canvas.buffer_rgba()))
 
     def widget(self, depth: int = 30, activation: str = "sigmoid", init: str = "xavier") -> Any:
         """An ipywidgets UI: sliders and menus that redraw the figure on every change."""
@@ -141,14 +145,10 @@ class GradientExplorer:
             Control("activation", ACTIVATIONS, activation),
             Control("init", INITS, init),
         ]
-        series = [
-            Series("weights ‖∂L/∂W_l‖", OKABE_ITO[0]),
-            Series("activations ‖∂L/∂h_l‖", OKABE_ITO[1], dash="5 3"),
-        ]
         return curve_explorer_html(
             controls,
             frame,
-            series,
+            GRADIENT_SERIES,
             xlabel="hidden layer l (1 = input side)",
             ylabel="gradient norm (log scale)",
         )
@@ -200,3 +200,57 @@ def gradient_explorer(
         widget = explorer.widget(depth, activation, init)
         html = explorer.static_html(depth, activation, init) if static else ""
     return LiveExplorer(widget, html)
+
+
+def curve_explorer(
+    controls: Sequence[Control],
+    frame: Callable[..., tuple[str, Sequence[np.ndarray]]],
+    series: Sequence[Series],
+    *,
+    xlabel: str,
+    ylabel: str,
+    static: bool = True,
+) -> LiveExplorer:
+    """An explorer of per-layer curves for any chapter: ``frame(**settings) -> (title, curves)``.
+
+    Live in Jupyter (ipywidgets controls redraw a ``CurveFigure``); on the built page the
+    kernel-free twin, with ``frame`` evaluated for every combination of control values.
+    """
+    import ipywidgets as w
+
+    figure = CurveFigure(series, xlabel=xlabel, ylabel=ylabel)
+
+    def png(**settings: Any) -> bytes:
+        title, curves = frame(**settings)
+        figure.update(curves, title)
+        return _png(figure.render())
+
+    widgets = {}
+    for control in controls:
+        if control.kind == "range":
+            widgets[control.name] = w.SelectionSlider(
+                options=list(control.values), value=control.value, description=control.name,
+                continuous_update=False,
+            )  # fmt: skip
+        else:
+            widgets[control.name] = w.Dropdown(
+                options=list(control.values), value=control.value, description=control.name
+            )
+    image = w.Image(value=png(**{c.name: c.value for c in controls}), format="png")
+    image.layout.max_width = "100%"
+
+    def on_change(_: object) -> None:
+        image.value = png(**{name: widget.value for name, widget in widgets.items()})
+
+    for widget in widgets.values():
+        widget.observe(on_change, names="value")
+    box = w.VBox([w.HBox(list(widgets.values())), image])
+    html = curve_explorer_html(controls, frame, series, xlabel=xlabel, ylabel=ylabel) if static else ""
+    return LiveExplorer(box, html)
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    """RGBA pixels as PNG bytes (fast settings: the image is redrawn on every change)."""
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(pixels[..., :3]).save(buffer, format="png", compress_level=1)
+    return buffer.getvalue()

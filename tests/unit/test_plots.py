@@ -95,3 +95,19 @@ def test_activation_derivative_figure_marks_each_bound():
     assert bounds == [0.25, 1.0]
     with pytest.raises(ValueError, match="valid choices"):
         vglib.plot_activation_derivatives(("softsign",))
+
+
+def test_curve_figure_draws_any_number_of_series():
+    from vglib.plots import CurveFigure, Series
+
+    series = [Series("a", "#000"), Series("b", "#111", dash="4 2"), Series("c", "#222")]
+    plot = CurveFigure(series, xlabel="layer", ylabel="variance")
+    plot.update([np.ones(5), np.full(5, 1e-3), np.array([1.0, 0.0, 1.0, 1.0, 1.0])], title="three")
+    pixels = plot.render()
+    assert pixels.shape[-1] == 4 and (pixels[..., :3] < 200).any()
+    assert [c.line.get_linestyle() for c in plot.curves] == ["-", "--", "-"]
+    assert plot.ax.get_xlabel() == "layer" and "1 norm(s) exactly 0" in plot.note.get_text()
+    with pytest.raises(ValueError, match="2 curves for 3 series"):
+        plot.update([np.ones(2), np.ones(2)])
+    with pytest.raises(ValueError, match="at least one series"):
+        CurveFigure([])

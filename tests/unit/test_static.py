@@ -6,7 +6,8 @@ import re
 import numpy as np
 import pytest
 
-from vglib.static import Control, Series, curve_explorer_html, encode_log10, pack_curves, unpack_curves
+from vglib.plots import Series
+from vglib.static import Control, curve_explorer_html, encode_log10, pack_curves, unpack_curves
 
 
 def test_encode_log10_keeps_two_decimals_and_marks_zeros_and_overflow():

@@ -120,3 +120,28 @@ def test_static_explorer_holds_every_setting_as_measured():
     assert frame["title"] == small.title(5, "sigmoid", "small", prof)
     with pytest.raises(ValueError, match="static grid"):
         small.static_html(depth=3, depths=(1, 2))
+
+
+def test_curve_explorer_is_live_and_static():
+    from vglib.plots import Series
+    from vglib.static import Control
+
+    calls = []
+
+    def frame(scale: float, kind: str):
+        calls.append((scale, kind))
+        power = 1 if kind == "linear" else 2
+        return f"{kind} x{scale}", [scale ** (power * np.arange(1, 6))]
+
+    live = vglib.curve_explorer(
+        [Control("scale", (0.5, 2.0), 0.5, kind="range"), Control("kind", ("linear", "square"), "linear")],
+        frame, [Series("growth", "#000")], xlabel="layer", ylabel="value",
+    )  # fmt: skip
+    assert len(calls) == 1 + 4  # the first live frame, then every combination for the page
+    spec = json.loads(re.search(r'<script type="application/json">(.*?)</script>', live.static_html, re.S)[1])
+    assert set(spec["frames"]) == {"0.5|linear", "0.5|square", "2.0|linear", "2.0|square"}
+    scale, _kind = live.widget.children[0].children
+    image = live.widget.children[1]
+    before = image.value
+    scale.value = 2.0
+    assert image.value != before and calls[-1] == (2.0, "linear")
