@@ -9,7 +9,7 @@ from ._seed import seed_everything, torch_seed
 from .activations import ACTIVATIONS, Activation, activation_derivative, get_activation
 from .data import probe_batch
 from .initialization import INITS, init_layer, init_variance, init_weights, weight_layers
-from .models import build_mlp
+from .models import build_gaussian_mlp, build_mlp
 from .plots import (
     UNDERFLOW_FLOOR,
     CurveFigure,
@@ -18,9 +18,19 @@ from .plots import (
     plot_activation_derivatives,
     plot_gradient_profile,
 )
-from .probes import GradientProfile, gradient_profile
+from .probes import ForwardStatistics, GradientProfile, forward_statistics, gradient_profile
 from .static import Control
-from .theory import chain_rule_bound, relu_gradient_factor
+from .theory import (
+    chain_rule_bound,
+    chi,
+    chi_1,
+    fixed_point,
+    gaussian_expectation,
+    gradient_depth_scale,
+    predicted_gradient_norms,
+    relu_gradient_factor,
+    variance_propagation,
+)
 from .widgets import GradientExplorer, curve_explorer, gradient_explorer
 
 __version__ = "0.1.0"
@@ -32,15 +42,23 @@ __all__ = [
     "Activation",
     "Control",
     "CurveFigure",
+    "ForwardStatistics",
     "GradientExplorer",
     "GradientProfile",
     "ProfileFigure",
     "Series",
     "activation_derivative",
+    "build_gaussian_mlp",
     "build_mlp",
     "chain_rule_bound",
+    "chi",
+    "chi_1",
     "curve_explorer",
+    "fixed_point",
+    "forward_statistics",
+    "gaussian_expectation",
     "get_activation",
+    "gradient_depth_scale",
     "gradient_explorer",
     "gradient_profile",
     "init_layer",
@@ -48,10 +66,12 @@ __all__ = [
     "init_weights",
     "plot_activation_derivatives",
     "plot_gradient_profile",
+    "predicted_gradient_norms",
     "probe_batch",
     "relu_gradient_factor",
     "seed_everything",
     "torch_seed",
+    "variance_propagation",
     "weight_layers",
     "widgets",
 ]

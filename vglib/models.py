@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
+import torch
 from torch import nn
 from torch.nn.utils import skip_init
 
@@ -11,7 +13,7 @@ from ._validation import check_choice, check_positive_int
 from .activations import get_activation
 from .initialization import INITS, init_layer, layer_seed
 
-__all__ = ["HEAD_SEED_INDEX", "build_mlp"]
+__all__ = ["HEAD_SEED_INDEX", "build_gaussian_mlp", "build_mlp"]
 
 HEAD_SEED_INDEX = 2**32 - 1
 """The seed index of an MLP's head, apart from the hidden layers' 0, 1, 2, ... so that it is the
@@ -57,3 +59,33 @@ def build_mlp(
     init_layer(head, init, seed=layer_seed(seed, HEAD_SEED_INDEX))
     modules["head"] = head
     return nn.Sequential(modules)
+
+
+@torch.no_grad()
+def build_gaussian_mlp(
+    depth: int,
+    width: int,
+    activation: str,
+    sigma_w2: float,
+    sigma_b2: float = 0.0,
+    seed: int = 0,
+    *,
+    in_features: int | None = None,
+    out_features: int = 1,
+) -> nn.Sequential:
+    """``build_mlp`` with weights ``N(0, sigma_w2 / fan_in)`` and biases ``N(0, sigma_b2)``: the
+    parametrisation of mean-field theory (Poole et al. 2016; Schoenholz et al. 2017).
+
+    ``sigma_w2 = 1`` is LeCun's init and ``2`` He's. Same structure and seeding as ``build_mlp``.
+    """
+    if not sigma_w2 > 0 or not sigma_b2 >= 0:
+        raise ValueError(f"need sigma_w2 > 0 and sigma_b2 >= 0, got {sigma_w2!r}, {sigma_b2!r}")
+    model = build_mlp(
+        depth, width, activation, "lecun", seed, in_features=in_features, out_features=out_features
+    )
+    for index, layer in enumerate(m for m in model if isinstance(m, nn.Linear)):
+        layer.weight.mul_(math.sqrt(sigma_w2))
+        if sigma_b2 > 0:
+            generator = torch.Generator().manual_seed(layer_seed(seed, 2**31 + index))
+            layer.bias.copy_(torch.randn(layer.bias.shape, generator=generator) * math.sqrt(sigma_b2))
+    return model

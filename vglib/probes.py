@@ -19,7 +19,16 @@ from torch.nn import functional as F
 
 from .initialization import weight_layers
 
-__all__ = ["GradientProfile", "gradient_profile"]
+__all__ = [
+    "SATURATION_THRESHOLD",
+    "ForwardStatistics",
+    "GradientProfile",
+    "forward_statistics",
+    "gradient_profile",
+]
+
+SATURATION_THRESHOLD = 0.1
+"""A unit counts as saturated where ``phi'(z)`` is below this fraction of its maximum."""
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -189,4 +198,76 @@ def gradient_profile(
         head_name=called[-1],
         head_weight_grad_norm=float(weight_norms[-1]),
         loss=float(loss.detach()),
+    )
+
+
+@dataclass(frozen=True)
+class ForwardStatistics:
+    """Per-layer statistics of one forward pass, over the hidden layers, input side first.
+
+    ``preactivation_variance`` is the variance of each layer's output ``z_l`` over the batch and
+    the units (what mean-field theory calls ``q_l``). With an ``activation`` given,
+    ``activation_second_moment`` is ``E[phi(z_l)^2]``, ``saturated_fraction`` the fraction of
+    (example, unit) pairs with ``phi'(z) < SATURATION_THRESHOLD * sup phi'`` and ``dead_fraction``
+    the fraction of units with ``phi'(z) = 0`` for every example of the batch; otherwise NaN.
+    """
+
+    layer_names: tuple[str, ...]
+    preactivation_variance: np.ndarray
+    activation_second_moment: np.ndarray
+    saturated_fraction: np.ndarray
+    dead_fraction: np.ndarray
+
+
+@torch.no_grad()
+def forward_statistics(model: nn.Module, x: torch.Tensor, activation: str | None = None) -> ForwardStatistics:
+    """Statistics of every hidden layer's pre-activations on one batch (see ``ForwardStatistics``).
+
+    Layers are counted as in ``gradient_profile``: every Linear/Conv layer called, in call order,
+    the last one (the head) left out. The model is left as it was.
+    """
+    from .activations import get_activation
+
+    act = get_activation(activation) if activation is not None else None
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    layers = dict(weight_layers(model))
+    if not layers:
+        raise ValueError(
+            f"{type(model).__name__} has no layers to measure; forward_statistics counts "
+            "nn.Linear, nn.Conv1d, nn.Conv2d and nn.Conv3d as layers"
+        )
+    x = _check_tensor("x", x)
+    names_of = {id(m): n for n, m in layers.items()}
+    outputs: list[tuple[str, torch.Tensor]] = []
+    handles = [
+        m.register_forward_hook(lambda module, _, out: outputs.append((names_of[id(module)], out)))
+        for m in layers.values()
+    ]
+    saved_buffers = [b.detach().clone() for b in model.buffers()]
+    try:
+        try:
+            model(x)
+        except RuntimeError as error:
+            raise ValueError(f"x of shape {tuple(x.shape)} does not fit the model ({error})") from error
+    finally:
+        for handle in handles:
+            handle.remove()
+        for buffer, saved in zip(model.buffers(), saved_buffers, strict=True):
+            buffer.copy_(saved)
+    hidden = outputs[:-1]
+    nan = np.full(len(hidden), np.nan)
+    variance = np.array([float(z.double().var()) for _, z in hidden])
+    if act is None:
+        return ForwardStatistics(tuple(n for n, _ in hidden), variance, nan, nan.copy(), nan.copy())
+    second, saturated, dead = [], [], []
+    for _, z in hidden:
+        z = z.double()
+        slope = act.derivative(z)
+        second.append(float(act(z).pow(2).mean()))
+        saturated.append(float((slope < SATURATION_THRESHOLD * act.derivative_bound).double().mean()))
+        per_unit = slope.transpose(0, 1).reshape(slope.shape[1], -1)  # (units, examples...)
+        dead.append(float((per_unit == 0).all(dim=1).double().mean()))
+    return ForwardStatistics(
+        tuple(n for n, _ in hidden), variance, np.array(second), np.array(saturated), np.array(dead)
     )

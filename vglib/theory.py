@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -12,7 +13,17 @@ from ._validation import check_choice, check_positive_int
 from .activations import get_activation
 from .initialization import INITS, init_variance
 
-__all__ = ["chain_rule_bound", "relu_gradient_factor"]
+__all__ = [
+    "chain_rule_bound",
+    "chi",
+    "chi_1",
+    "fixed_point",
+    "gaussian_expectation",
+    "gradient_depth_scale",
+    "predicted_gradient_norms",
+    "relu_gradient_factor",
+    "variance_propagation",
+]
 
 
 def _hidden_linears(model: nn.Sequential) -> list[nn.Linear]:
@@ -53,3 +64,113 @@ def relu_gradient_factor(init: str, fan_in: int, fan_out: int | None = None) -> 
     check_positive_int("fan_in", fan_in)
     fan_out = fan_in if fan_out is None else check_positive_int("fan_out", fan_out)
     return math.sqrt(fan_out * init_variance(init, fan_in, fan_out) / 2.0)
+
+
+# An even number of nodes: none at 0, and the nodes are symmetric, so expectations of functions
+# that are polynomial on each half-line (ReLU and its derivative) are exact as well.
+_HERMITE_POINTS = 120
+
+
+def gaussian_expectation(f: Callable[[np.ndarray], np.ndarray], q: float) -> float:
+    """``E[f(sqrt(q) z)]`` for ``z ~ N(0, 1)``, by Gauss-Hermite quadrature: exact for polynomials
+    up to degree 239 (on each half-line separately), and to ~1e-10 for the smooth activations."""
+    if q < 0:
+        raise ValueError(f"a variance must be >= 0, got {q}")
+    nodes, weights = np.polynomial.hermite_e.hermegauss(_HERMITE_POINTS)
+    return float(np.sum(weights * f(math.sqrt(q) * nodes)) / math.sqrt(2.0 * math.pi))
+
+
+def _phi(activation: str) -> tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]:
+    act = get_activation(activation)
+
+    def value(x: np.ndarray) -> np.ndarray:
+        return act(torch.from_numpy(np.asarray(x, dtype=np.float64))).detach().numpy()
+
+    def slope(x: np.ndarray) -> np.ndarray:
+        return act.derivative(torch.from_numpy(np.asarray(x, dtype=np.float64))).numpy()
+
+    return value, slope
+
+
+def _check_variances(sigma_w2: float, sigma_b2: float) -> None:
+    if sigma_w2 <= 0 or sigma_b2 < 0:
+        raise ValueError(f"need sigma_w2 > 0 and sigma_b2 >= 0, got {sigma_w2}, {sigma_b2}")
+
+
+def variance_propagation(
+    activation: str, sigma_w2: float, sigma_b2: float = 0.0, depth: int = 30, q0: float = 1.0
+) -> np.ndarray:
+    """Pre-activation variances ``q_1 .. q_depth`` of a wide net, by the mean-field length map.
+
+    With weights ``N(0, sigma_w2/n)``, biases ``N(0, sigma_b2)`` and unit-variance inputs scaled to
+    ``q0``: ``q_1 = sigma_w2 q0 + sigma_b2`` and ``q_{l+1} = sigma_w2 E[phi(sqrt(q_l) z)^2] + sigma_b2``
+    (Poole et al. 2016; for ReLU and ``sigma_w2 = 2/n`` this is He et al.'s constant variance).
+    """
+    _check_variances(sigma_w2, sigma_b2)
+    check_positive_int("depth", depth)
+    value, _ = _phi(activation)
+    q = [sigma_w2 * q0 + sigma_b2]
+    for _ in range(depth - 1):
+        q.append(sigma_w2 * gaussian_expectation(lambda x: value(x) ** 2, q[-1]) + sigma_b2)
+    return np.array(q)
+
+
+def chi(activation: str, sigma_w2: float, q: float) -> float:
+    """``sigma_w2 E[phi'(sqrt(q) z)^2]``: the factor by which one layer multiplies the expected
+    squared norm of a backpropagated gradient, at pre-activation variance ``q``."""
+    _, slope = _phi(activation)
+    return sigma_w2 * gaussian_expectation(lambda x: slope(x) ** 2, q)
+
+
+def fixed_point(activation: str, sigma_w2: float, sigma_b2: float = 0.0, q0: float = 1.0) -> float:
+    """The variance ``q*`` the length map converges to from ``q0``.
+
+    The map is iterated to find the basin, then the root of ``map(q) - q`` is bracketed and
+    bisected: near criticality the iteration alone converges only like ``1/l``.
+    """
+    value, _ = _phi(activation)
+
+    def excess(q: float) -> float:
+        return sigma_w2 * gaussian_expectation(lambda x: value(x) ** 2, q) + sigma_b2 - q
+
+    q = float(variance_propagation(activation, sigma_w2, sigma_b2, depth=200, q0=q0)[-1])
+    if abs(excess(q)) <= 1e-12 * max(q, 1.0):
+        return q
+    if excess(q) < 0:  # still shrinking: the root lies below q (at 0 if sigma_b2 is 0)
+        low, high = 0.0, q
+    else:  # still growing: double until the map falls below the diagonal
+        low, high = q, 2 * q
+        while excess(high) > 0:
+            low, high = high, 2 * high
+    for _ in range(200):
+        middle = 0.5 * (low + high)
+        low, high = (middle, high) if excess(middle) > 0 else (low, middle)
+    return 0.5 * (low + high)
+
+
+def chi_1(activation: str, sigma_w2: float, sigma_b2: float = 0.0) -> float:
+    """``chi_1`` of Schoenholz et al. (2017): ``chi`` at the fixed point ``q*``. Below 1 is the
+    ordered phase (gradients vanish), above 1 the chaotic phase (they explode), 1 is critical."""
+    return chi(activation, sigma_w2, fixed_point(activation, sigma_w2, sigma_b2))
+
+
+def gradient_depth_scale(activation: str, sigma_w2: float, sigma_b2: float = 0.0) -> float:
+    """``xi = -1 / ln(chi_1)``: the number of layers over which the expected squared gradient
+    norm shrinks by a factor ``e`` (Schoenholz et al. 2017); infinite at criticality, and
+    negative in the chaotic phase, where ``|xi|`` is the number of layers over which it grows by ``e``."""
+    c = chi_1(activation, sigma_w2, sigma_b2)
+    return math.inf if abs(math.log(c)) < 1e-12 else -1.0 / math.log(c)
+
+
+def predicted_gradient_norms(
+    activation: str, sigma_w2: float, sigma_b2: float = 0.0, depth: int = 30, q0: float = 1.0
+) -> np.ndarray:
+    """Mean-field prediction of ``||dL/dh_l|| / ||dL/dh_L||`` for hidden blocks ``l = 1..depth``.
+
+    ``E||dL/dh_l||^2 = chi(q_{l+1}) E||dL/dh_{l+1}||^2``, so the ratio is
+    ``sqrt(prod_{k=l+1..L} chi(q_k))`` along the propagated variances ``q_k``.
+    """
+    q = variance_propagation(activation, sigma_w2, sigma_b2, depth, q0)
+    factors = np.array([chi(activation, sigma_w2, qk) for qk in q[1:]])
+    squared = np.append(np.cumprod(factors[::-1])[::-1], 1.0)
+    return np.sqrt(squared)

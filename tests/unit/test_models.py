@@ -92,3 +92,14 @@ def test_bad_arguments_raise_clear_errors(kwargs, error, pattern):
     arguments = {"depth": 3, "width": 8, **kwargs}
     with pytest.raises(error, match=pattern):
         vglib.build_mlp(**arguments)
+
+
+def test_gaussian_mlp_has_the_asked_variances():
+    model = vglib.build_gaussian_mlp(3, 400, "tanh", 1.7, 0.3, seed=0)
+    weights = model.linear2.weight
+    assert weights.var().item() == pytest.approx(1.7 / 400, rel=0.03)
+    assert model.linear2.bias.var().item() == pytest.approx(0.3, rel=0.2)
+    no_bias = vglib.build_gaussian_mlp(3, 8, "tanh", 1.0)
+    assert torch.count_nonzero(no_bias.linear1.bias) == 0
+    with pytest.raises(ValueError, match="sigma_w2 > 0"):
+        vglib.build_gaussian_mlp(3, 8, "tanh", 0.0)

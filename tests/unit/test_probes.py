@@ -1,5 +1,7 @@
 """gradient_profile: agreement with plain autograd, leaving the model alone, physics, bad input."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -209,3 +211,35 @@ def test_per_layer_factor_is_the_geometric_mean_step():
     assert np.isnan(profile([1.0]).per_layer_factor())
     assert np.isnan(profile([1.0, 0.0]).per_layer_factor())
     assert profile([0.0, 1.0]).per_layer_factor() == 0.0
+
+
+def test_forward_statistics_of_saturated_and_dead_units():
+    x = torch.randn(128, 32)
+    big = vglib.build_gaussian_mlp(5, 32, "sigmoid", 40.0, seed=0)  # huge pre-activations
+    small = vglib.build_gaussian_mlp(5, 32, "sigmoid", 0.01, seed=0)
+    # layer 1: z ~ N(0, 40); sigmoid'(z) < 0.1 * 0.25 where |z| > t, sigmoid(t)(1 - sigmoid(t)) = 0.025
+    t = 2 * math.acosh(1 / (2 * math.sqrt(0.025)))  # sigma(1-sigma) = 1 / (4 cosh^2(z/2))
+    expected = math.erfc(t / math.sqrt(40) / math.sqrt(2))  # P(|z| > t)
+    fractions = vglib.forward_statistics(big, x, "sigmoid").saturated_fraction
+    assert fractions[0] == pytest.approx(expected, abs=0.03)
+    assert fractions.min() > 0.3
+    assert vglib.forward_statistics(small, x, "sigmoid").saturated_fraction.max() == 0.0
+
+    relu = vglib.build_mlp(3, 16, "relu", "he", seed=0)
+    with torch.no_grad():
+        relu.linear2.bias.fill_(-100.0)  # every unit of layer 2 is off for every input
+    stats = vglib.forward_statistics(relu, torch.randn(64, 16), "relu")
+    assert stats.dead_fraction[1] == 1.0 and stats.dead_fraction[0] < 0.5
+    assert stats.layer_names == ("linear1", "linear2", "linear3")
+
+    plain = vglib.forward_statistics(relu, torch.randn(64, 16))
+    assert np.isnan(plain.saturated_fraction).all() and np.isfinite(plain.preactivation_variance).all()
+
+
+def test_forward_statistics_rejects_bad_input():
+    with pytest.raises(ValueError, match="does not fit"):
+        vglib.forward_statistics(vglib.build_mlp(2, 4), torch.randn(3, 5))
+    with pytest.raises(ValueError, match="no layers"):
+        vglib.forward_statistics(nn.Sequential(nn.Tanh()), torch.randn(3, 5))
+    with pytest.raises(ValueError, match="valid choices"):
+        vglib.forward_statistics(vglib.build_mlp(2, 4), torch.randn(3, 4), "swish")

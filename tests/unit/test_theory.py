@@ -52,3 +52,54 @@ def test_bad_input():
         vglib.chain_rule_bound(torch.nn.Sequential(torch.nn.ReLU()), "relu")
     with pytest.raises(ValueError, match="'lecun'"):
         vglib.relu_gradient_factor("glorot", 4)
+
+
+def test_gaussian_expectation_against_moments():
+    assert vglib.gaussian_expectation(lambda x: x**2, 2.5) == pytest.approx(2.5)
+    assert vglib.gaussian_expectation(lambda x: x**4, 2.0) == pytest.approx(3 * 2.0**2)
+    assert vglib.gaussian_expectation(lambda x: (x > 0).astype(float), 1.0) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match=">= 0"):
+        vglib.gaussian_expectation(np.abs, -1.0)
+
+
+def test_relu_variance_map_halves_with_lecun_and_keeps_with_he():
+    np.testing.assert_allclose(
+        vglib.variance_propagation("relu", 1.0, depth=5), [1, 0.5, 0.25, 0.125, 0.0625]
+    )
+    np.testing.assert_allclose(vglib.variance_propagation("relu", 2.0, depth=5), np.full(5, 2.0))
+    np.testing.assert_allclose(vglib.predicted_gradient_norms("relu", 2.0, depth=4), np.ones(4))
+    np.testing.assert_allclose(vglib.predicted_gradient_norms("relu", 1.0, depth=3), [0.5, 2**-0.5, 1.0])
+
+
+def test_tanh_order_to_chaos_transition_at_sigma_w2_one():
+    # sigma_b = 0: q* = 0 and chi_1 = sigma_w2 * tanh'(0)^2 = sigma_w2 in the ordered phase
+    for sigma_w2 in (0.5, 0.9):
+        assert vglib.fixed_point("tanh", sigma_w2) == pytest.approx(0.0, abs=1e-12)
+        assert vglib.chi_1("tanh", sigma_w2) == pytest.approx(sigma_w2)
+    assert vglib.chi_1("tanh", 1.0) == pytest.approx(1.0, abs=1e-9)
+    assert vglib.gradient_depth_scale("tanh", 1.0) == math.inf
+    assert vglib.chi_1("tanh", 1.5) > 1 and vglib.fixed_point("tanh", 1.5) > 0.1
+    assert vglib.gradient_depth_scale("tanh", 0.5) == pytest.approx(-1 / math.log(0.5))
+    assert vglib.gradient_depth_scale("tanh", 1.5) < 0  # chaotic: gradients grow
+
+
+def test_fixed_point_is_a_fixed_point_of_the_map():
+    q = vglib.fixed_point("tanh", 1.8, 0.1)
+    assert vglib.variance_propagation("tanh", 1.8, 0.1, depth=2, q0=q / 1.8 - 0.1 / 1.8)[1] == pytest.approx(
+        q
+    )
+
+
+@pytest.mark.parametrize("sigma_w2", [0.8, 1.0, 1.5])
+def test_mean_field_predicts_a_wide_tanh_network(sigma_w2):
+    depth, width = 30, 512
+    x, y = vglib.probe_batch(width, batch_size=256, seed=3)
+    model = vglib.build_gaussian_mlp(depth, width, "tanh", sigma_w2, seed=3)
+    measured_q = vglib.forward_statistics(model, x).preactivation_variance
+    np.testing.assert_allclose(
+        measured_q, vglib.variance_propagation("tanh", sigma_w2, depth=depth), rtol=0.1
+    )
+    prof = vglib.gradient_profile(model, x, y)
+    measured = prof.activation_grad_norms / prof.activation_grad_norms[-1]
+    predicted = vglib.predicted_gradient_norms("tanh", sigma_w2, depth=depth)
+    np.testing.assert_allclose(np.log(measured), np.log(predicted), atol=0.25)  # within ~30%
