@@ -17,6 +17,7 @@ from .plots import (
     Series,
     plot_activation_derivatives,
     plot_gradient_profile,
+    plot_order_to_chaos,
 )
 from .probes import ForwardStatistics, GradientProfile, forward_statistics, gradient_profile
 from .static import Control
@@ -66,6 +67,7 @@ __all__ = [
     "init_weights",
     "plot_activation_derivatives",
     "plot_gradient_profile",
+    "plot_order_to_chaos",
     "predicted_gradient_norms",
     "probe_batch",
     "relu_gradient_factor",

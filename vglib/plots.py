@@ -32,6 +32,7 @@ __all__ = [
     "Series",
     "plot_activation_derivatives",
     "plot_gradient_profile",
+    "plot_order_to_chaos",
 ]
 
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#E69F00", "#CC79A7", "#56B4E9", "#000000")
@@ -308,4 +309,30 @@ def plot_activation_derivatives(names: Sequence[str] = ("sigmoid", "tanh"), x_ma
     for ax in (ax_f, ax_d):
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, framealpha=1.0)
+    return fig
+
+
+def plot_order_to_chaos(activation: str, sigma_w2s: Sequence[float], sigma_b2: float = 0.0) -> Figure:
+    """``chi_1`` and the gradient depth scale ``|xi|`` against ``sigma_w^2`` (Schoenholz et al. 2017)."""
+    from .theory import chi_1
+
+    grid = np.asarray(sigma_w2s, dtype=np.float64)
+    if grid.ndim != 1 or len(grid) < 2 or (grid <= 0).any():
+        raise ValueError("sigma_w2s must hold at least two positive values")
+    chis = np.array([chi_1(activation, float(s), sigma_b2) for s in grid])
+    with np.errstate(divide="ignore"):
+        scale = np.abs(1.0 / np.log(chis))
+    fig = _new_figure(8.0, 3.2)
+    ax_chi, ax_xi = fig.subplots(1, 2)
+    ax_chi.plot(grid, chis, color=OKABE_ITO[0])
+    ax_chi.axhline(1.0, color="0.5", linestyle=":")
+    ax_chi.set(
+        xlabel=r"$\sigma_w^2$",
+        ylabel=r"$\chi_1$",
+        title=rf"$\chi_1$ ({activation}, $\sigma_b^2$ = {sigma_b2:g})",
+    )
+    ax_xi.semilogy(grid, np.minimum(scale, 1e4), color=OKABE_ITO[1])
+    ax_xi.set(xlabel=r"$\sigma_w^2$", ylabel=r"$|\xi_\nabla|$ (layers)", title="gradient depth scale")
+    for ax in (ax_chi, ax_xi):
+        ax.grid(True, alpha=0.3)
     return fig

@@ -92,7 +92,9 @@ def curve_explorer_html(
         frames[key] = {"title": title, "y": pack_curves(curves)}
     spec = {
         "controls": [
-            {"name": c.name, "kind": c.kind, "values": list(c.values), "value": c.value} for c in controls
+            # values travel as the same strings the frame keys are made of (JSON would turn 1.0 into 1)
+            {"name": c.name, "kind": c.kind, "values": [str(v) for v in c.values], "value": str(c.value)}
+            for c in controls
         ],
         "series": [{"label": s.label, "color": s.color, "dash": s.dash} for s in series],
         "frames": frames,

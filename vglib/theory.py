@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -76,15 +77,26 @@ def gaussian_expectation(f: Callable[[np.ndarray], np.ndarray], q: float) -> flo
     up to degree 239 (on each half-line separately), and to ~1e-10 for the smooth activations."""
     if q < 0:
         raise ValueError(f"a variance must be >= 0, got {q}")
+    nodes, weights = _hermite_rule()
+    return float(np.sum(weights * f(math.sqrt(q) * nodes)))
+
+
+@functools.lru_cache(maxsize=1)
+def _hermite_rule() -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and weights for ``E[f(z)]``, ``z ~ N(0, 1)`` (the weights sum to 1)."""
     nodes, weights = np.polynomial.hermite_e.hermegauss(_HERMITE_POINTS)
-    return float(np.sum(weights * f(math.sqrt(q) * nodes)) / math.sqrt(2.0 * math.pi))
+    return nodes, weights / math.sqrt(2.0 * math.pi)
 
 
+@functools.cache
 def _phi(activation: str) -> tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]:
+    """``phi`` and ``phi'`` of a named activation as float64 NumPy functions (one module, reused)."""
     act = get_activation(activation)
+    module = act.make_module()
 
     def value(x: np.ndarray) -> np.ndarray:
-        return act(torch.from_numpy(np.asarray(x, dtype=np.float64))).detach().numpy()
+        with torch.no_grad():
+            return module(torch.from_numpy(np.asarray(x, dtype=np.float64))).numpy()
 
     def slope(x: np.ndarray) -> np.ndarray:
         return act.derivative(torch.from_numpy(np.asarray(x, dtype=np.float64))).numpy()
@@ -133,7 +145,7 @@ def fixed_point(activation: str, sigma_w2: float, sigma_b2: float = 0.0, q0: flo
     def excess(q: float) -> float:
         return sigma_w2 * gaussian_expectation(lambda x: value(x) ** 2, q) + sigma_b2 - q
 
-    q = float(variance_propagation(activation, sigma_w2, sigma_b2, depth=200, q0=q0)[-1])
+    q = float(variance_propagation(activation, sigma_w2, sigma_b2, depth=100, q0=q0)[-1])
     if abs(excess(q)) <= 1e-12 * max(q, 1.0):
         return q
     if excess(q) < 0:  # still shrinking: the root lies below q (at 0 if sigma_b2 is 0)
@@ -141,8 +153,10 @@ def fixed_point(activation: str, sigma_w2: float, sigma_b2: float = 0.0, q0: flo
     else:  # still growing: double until the map falls below the diagonal
         low, high = q, 2 * q
         while excess(high) > 0:
+            if high > 1e150:  # unbounded growth (ReLU above criticality): no finite fixed point
+                return math.inf
             low, high = high, 2 * high
-    for _ in range(200):
+    for _ in range(100):
         middle = 0.5 * (low + high)
         low, high = (middle, high) if excess(middle) > 0 else (low, middle)
     return 0.5 * (low + high)

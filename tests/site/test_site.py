@@ -151,9 +151,21 @@ def test_page_is_self_contained_and_renders(site_url, browser, path):
         if math:
             page.wait_for_selector("mjx-container", timeout=15_000)
             assert page.locator("mjx-container").count() >= math, "math left unrendered"
+        explorers = page.locator(".vg-curve-explorer")
         if path.startswith("chapters/"):
-            for control in ("depth", "activation", "init"):
-                assert page.locator(f".vg-curve-explorer [data-control={control}]").count() >= 1
+            assert explorers.count() >= 1, "every chapter has an explorer"
+        for index in range(explorers.count()):
+            explorer = explorers.nth(index)
+            before = explorer.locator("polyline.vg-series-0").get_attribute("points")
+            # every control moved to another value must redraw, with no script error
+            for control in explorer.locator("[data-control]").all():
+                control.evaluate(
+                    "el => { if (el.type === 'range') el.value = (+el.value === 0 ? el.max : 0);"
+                    " else el.selectedIndex = (el.selectedIndex + 1) % el.options.length;"
+                    " el.dispatchEvent(new Event('input', {bubbles: true})); }"
+                )
+            assert explorer.locator("polyline.vg-series-0").get_attribute("points") != before
+        assert visit.errors == [], "console errors after using the explorers"
         size = visit.page_bytes()
         ARTIFACTS.mkdir(exist_ok=True)
         with (ARTIFACTS / "page-sizes.txt").open("a") as sizes:

@@ -111,3 +111,11 @@ def test_curve_figure_draws_any_number_of_series():
         plot.update([np.ones(2), np.ones(2)])
     with pytest.raises(ValueError, match="at least one series"):
         CurveFigure([])
+
+
+def test_order_to_chaos_figure_crosses_one_at_the_critical_point():
+    fig = vglib.plot_order_to_chaos("tanh", [0.5, 1.0, 1.5])
+    chis = fig.axes[0].lines[0].get_ydata()
+    assert chis[0] == pytest.approx(0.5) and chis[1] == pytest.approx(1.0, abs=1e-9) and chis[2] > 1
+    with pytest.raises(ValueError, match="two positive"):
+        vglib.plot_order_to_chaos("tanh", [1.0])

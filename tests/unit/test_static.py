@@ -53,3 +53,12 @@ def test_bad_controls_and_frames_are_rejected():
 def test_packing_round_trips_codes_zeros_and_overflow():
     curves = [np.array([1.0, 0.0, 1e-44]), np.array([np.inf, 3e38, 1e-3])]
     assert unpack_curves(pack_curves(curves), 2) == [encode_log10(c) for c in curves]
+
+
+def test_float_control_values_match_the_frame_keys():
+    page = curve_explorer_html(
+        [Control("s", (1.0, 2.5), 1.0)], lambda s: (str(s), [np.ones(2)]), [Series("c", "#000")],
+        xlabel="x", ylabel="y",
+    )  # fmt: skip
+    spec = json.loads(re.search(r'<script type="application/json">(.*?)</script>', page, re.S)[1])
+    assert spec["controls"][0]["values"] == ["1.0", "2.5"] and set(spec["frames"]) == {"1.0", "2.5"}

@@ -103,3 +103,10 @@ def test_mean_field_predicts_a_wide_tanh_network(sigma_w2):
     measured = prof.activation_grad_norms / prof.activation_grad_norms[-1]
     predicted = vglib.predicted_gradient_norms("tanh", sigma_w2, depth=depth)
     np.testing.assert_allclose(np.log(measured), np.log(predicted), atol=0.25)  # within ~30%
+
+
+def test_relu_has_no_finite_fixed_point_off_criticality_but_a_constant_chi():
+    assert vglib.fixed_point("relu", 3.0) == math.inf
+    assert vglib.fixed_point("relu", 1.0) == pytest.approx(0.0, abs=1e-12)
+    for sigma_w2 in (1.0, 2.0, 3.0):
+        assert vglib.chi_1("relu", sigma_w2) == pytest.approx(sigma_w2 / 2)

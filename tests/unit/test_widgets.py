@@ -109,7 +109,7 @@ def test_static_explorer_holds_every_setting_as_measured():
     page = small.static_html(depth=2, activation="tanh", init="he", depths=(1, 2, 5, 9))
     spec = json.loads(re.search(r'<script type="application/json">(.*?)</script>', page, re.S)[1])
     depth, activation, init = spec["controls"]
-    assert depth["values"] == [1, 2, 5] and depth["value"] == 2  # 9 > max_depth is dropped
+    assert depth["values"] == ["1", "2", "5"] and depth["value"] == "2"  # 9 > max_depth is dropped
     assert activation["values"] == list(vglib.ACTIVATIONS) and init["values"] == list(vglib.INITS)
     assert len(spec["frames"]) == 3 * len(vglib.ACTIVATIONS) * len(vglib.INITS)
     prof = small.profile(5, "sigmoid", "small")
