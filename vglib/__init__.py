@@ -7,9 +7,9 @@ probes -> theory -> plots -> widgets.
 from . import widgets
 from ._seed import seed_everything, torch_seed
 from .activations import ACTIVATIONS, Activation, activation_derivative, get_activation
-from .data import probe_batch
+from .data import ADDING_BASELINE_MSE, adding_problem, probe_batch
 from .initialization import INITS, init_layer, init_variance, init_weights, weight_layers
-from .models import build_gaussian_mlp, build_mlp
+from .models import ElmanRNN, build_gaussian_mlp, build_mlp, build_rnn
 from .plots import (
     UNDERFLOW_FLOOR,
     CurveFigure,
@@ -19,7 +19,13 @@ from .plots import (
     plot_gradient_profile,
     plot_order_to_chaos,
 )
-from .probes import ForwardStatistics, GradientProfile, forward_statistics, gradient_profile
+from .probes import (
+    ForwardStatistics,
+    GradientProfile,
+    bptt_gradient_norms,
+    forward_statistics,
+    gradient_profile,
+)
 from .static import Control
 from .theory import (
     chain_rule_bound,
@@ -30,27 +36,35 @@ from .theory import (
     gradient_depth_scale,
     predicted_gradient_norms,
     relu_gradient_factor,
+    rnn_vanishing_radius,
     variance_propagation,
 )
+from .train import TrainingHistory, train
 from .widgets import GradientExplorer, curve_explorer, gradient_explorer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ACTIVATIONS",
+    "ADDING_BASELINE_MSE",
     "INITS",
     "UNDERFLOW_FLOOR",
     "Activation",
     "Control",
     "CurveFigure",
+    "ElmanRNN",
     "ForwardStatistics",
     "GradientExplorer",
     "GradientProfile",
     "ProfileFigure",
     "Series",
+    "TrainingHistory",
     "activation_derivative",
+    "adding_problem",
+    "bptt_gradient_norms",
     "build_gaussian_mlp",
     "build_mlp",
+    "build_rnn",
     "chain_rule_bound",
     "chi",
     "chi_1",
@@ -71,8 +85,10 @@ __all__ = [
     "predicted_gradient_norms",
     "probe_batch",
     "relu_gradient_factor",
+    "rnn_vanishing_radius",
     "seed_everything",
     "torch_seed",
+    "train",
     "variance_propagation",
     "weight_layers",
     "widgets",

@@ -6,7 +6,7 @@ import torch
 
 from ._validation import check_positive_int
 
-__all__ = ["probe_batch"]
+__all__ = ["ADDING_BASELINE_MSE", "adding_problem", "probe_batch"]
 
 
 def probe_batch(
@@ -23,4 +23,33 @@ def probe_batch(
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(batch_size, in_features, generator=generator)
     y = torch.randn(batch_size, out_features, generator=generator)
+    return x, y
+
+
+ADDING_BASELINE_MSE = 1.0 / 6.0
+"""MSE of always predicting 1 on the adding problem: the variance of a sum of two U(0, 1)."""
+
+
+def adding_problem(n_sequences: int, length: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The adding problem (Hochreiter & Schmidhuber 1997; Le et al. 2015).
+
+    Each sequence has ``length`` steps of two features: a value ``U(0, 1)`` and a marker that is
+    1 at exactly two steps, one in each half of the sequence, 0 elsewhere. The target is the sum
+    of the two marked values. ``x`` has shape ``(n_sequences, length, 2)``, ``y`` ``(n_sequences, 1)``.
+    Predicting 1 whatever the input scores ``ADDING_BASELINE_MSE`` = 1/6; beating it needs memory
+    across up to ``length`` steps.
+    """
+    check_positive_int("n_sequences", n_sequences)
+    check_positive_int("length", length, minimum=2)
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.rand(n_sequences, length, generator=generator)
+    half = length // 2
+    first = torch.randint(0, half, (n_sequences,), generator=generator)
+    second = torch.randint(half, length, (n_sequences,), generator=generator)
+    markers = torch.zeros(n_sequences, length)
+    rows = torch.arange(n_sequences)
+    markers[rows, first] = 1.0
+    markers[rows, second] = 1.0
+    x = torch.stack([values, markers], dim=-1)
+    y = (values[rows, first] + values[rows, second]).unsqueeze(1)
     return x, y

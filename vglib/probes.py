@@ -23,6 +23,7 @@ __all__ = [
     "SATURATION_THRESHOLD",
     "ForwardStatistics",
     "GradientProfile",
+    "bptt_gradient_norms",
     "forward_statistics",
     "gradient_profile",
 ]
@@ -271,3 +272,27 @@ def forward_statistics(model: nn.Module, x: torch.Tensor, activation: str | None
     return ForwardStatistics(
         tuple(n for n, _ in hidden), variance, np.array(second), np.array(saturated), np.array(dead)
     )
+
+
+def bptt_gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    """``||dL/dh_t||`` for every time step ``t = 1..T`` of a recurrent model, on one batch.
+
+    The gradient with respect to ``h_t`` is the total one, through every later step: what
+    backpropagation through time delivers to step ``t``. Entry ``T - 1`` is the last step; the
+    gradient that reaches lag ``k`` before the end is entry ``T - 1 - k``. The model must accept
+    ``return_states=True`` (``vglib.ElmanRNN`` does). Weights and ``.grad`` are left as they were.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    x, y = _check_tensor("x", x), _check_tensor("y", y)
+    with torch.enable_grad():
+        try:
+            output, states = model(x, return_states=True)
+        except TypeError as error:
+            raise TypeError(
+                f"{type(model).__name__} does not expose its hidden states; bptt_gradient_norms "
+                "needs forward(x, return_states=True) -> (output, [h_1, ..., h_T]), as vglib.ElmanRNN"
+            ) from error
+        loss = _default_loss(output, y)
+        grads = torch.autograd.grad(loss, states, allow_unused=True)
+    return np.array([_norm(g) for g in grads], dtype=np.float64)

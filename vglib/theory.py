@@ -23,6 +23,7 @@ __all__ = [
     "gradient_depth_scale",
     "predicted_gradient_norms",
     "relu_gradient_factor",
+    "rnn_vanishing_radius",
     "variance_propagation",
 ]
 
@@ -188,3 +189,9 @@ def predicted_gradient_norms(
     factors = np.array([chi(activation, sigma_w2, qk) for qk in q[1:]])
     squared = np.append(np.cumprod(factors[::-1])[::-1], 1.0)
     return np.sqrt(squared)
+
+
+def rnn_vanishing_radius(activation: str) -> float:
+    """``1 / sup|phi'|``: below this spectral radius of ``W_hh``, gradients through time are
+    guaranteed to vanish exponentially (Pascanu, Mikolov & Bengio 2013): 1 for tanh, 4 for sigmoid."""
+    return 1.0 / get_activation(activation).derivative_bound

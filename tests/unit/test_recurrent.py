@@ -1,0 +1,113 @@
+"""Recurrent pieces: the adding problem, ElmanRNN against torch.nn.RNN, BPTT norms against theory."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import vglib
+
+
+def test_adding_problem_has_two_markers_one_per_half_and_sums_them():
+    x, y = vglib.adding_problem(500, 20, seed=0)
+    assert x.shape == (500, 20, 2) and y.shape == (500, 1)
+    markers = x[..., 1]
+    assert torch.all(markers.sum(1) == 2)
+    assert torch.all(markers[:, :10].sum(1) == 1) and torch.all(markers[:, 10:].sum(1) == 1)
+    torch.testing.assert_close((x[..., 0] * markers).sum(1, keepdim=True), y)
+    again, _ = vglib.adding_problem(500, 20, seed=0)
+    assert torch.equal(x, again)
+
+
+def test_predicting_one_scores_a_sixth():
+    _, y = vglib.adding_problem(40_000, 10, seed=1)
+    # Var(U1 + U2) = 2/12; the standard error of the estimate is about 0.0012
+    assert ((y - 1) ** 2).mean().item() == pytest.approx(vglib.ADDING_BASELINE_MSE, abs=0.005)
+
+
+def test_elman_rnn_computes_what_torch_rnn_computes():
+    model = vglib.build_rnn(16, "tanh", seed=0, input_size=3)
+    reference = nn.RNN(3, 16, nonlinearity="tanh", batch_first=True)
+    with torch.no_grad():
+        reference.weight_ih_l0.copy_(model.input.weight)
+        reference.bias_ih_l0.copy_(model.input.bias)
+        reference.weight_hh_l0.copy_(model.recurrent.weight)
+        reference.bias_hh_l0.zero_()
+    x = torch.randn(4, 7, 3)
+    _, states = model(x, return_states=True)
+    expected, _ = reference(x)
+    torch.testing.assert_close(torch.stack(states, dim=1), expected)
+
+
+@pytest.mark.parametrize("radius", [0.5, 0.9, 1.3])
+def test_spectral_radius_is_set_exactly(radius):
+    model = vglib.build_rnn(32, "tanh", radius, seed=1)
+    eigenvalues = torch.linalg.eigvals(model.recurrent.weight.detach().double())
+    assert eigenvalues.abs().max().item() == pytest.approx(radius)
+
+
+def test_identity_recurrence_for_irnn():
+    model = vglib.build_rnn(8, "relu", recurrent_init="identity")
+    assert torch.equal(model.recurrent.weight.detach(), torch.eye(8))
+
+
+def test_bptt_norms_match_retained_gradients():
+    model = vglib.build_rnn(12, "tanh", 0.9, seed=2)
+    x, y = vglib.adding_problem(16, 9, seed=2)
+    norms = vglib.bptt_gradient_norms(model, x, y)
+    output, states = model(x, return_states=True)
+    for h in states:
+        h.retain_grad()
+    nn.functional.mse_loss(output, y).backward()
+    np.testing.assert_allclose(norms, [h.grad.norm().item() for h in states], rtol=1e-5)
+
+
+def test_gradients_through_time_obey_the_pascanu_bound():
+    # dL/dh_{t-1} = W^T diag(phi'(.)) dL/dh_t, and ||W||_2 = radius for a scaled orthogonal W,
+    # so with tanh (phi' <= 1): ||dL/dh_{T-k}|| <= radius^k ||dL/dh_T||.
+    radius, length = 0.8, 60
+    model = vglib.build_rnn(32, "tanh", radius, seed=3)
+    x, y = vglib.adding_problem(64, length, seed=3)
+    norms = vglib.bptt_gradient_norms(model, x, y)
+    lags = np.arange(length)[::-1]  # entry t is lag T-1-t
+    assert np.all(norms <= norms[-1] * radius**lags * (1 + 1e-6))
+    assert radius < vglib.rnn_vanishing_radius("tanh") == 1.0
+    assert vglib.rnn_vanishing_radius("sigmoid") == 4.0
+
+
+def test_bptt_rejects_models_without_states():
+    with pytest.raises(TypeError, match="return_states"):
+        vglib.bptt_gradient_norms(vglib.build_mlp(2, 4, in_features=2), torch.randn(3, 2), torch.randn(3, 1))
+    with pytest.raises(ValueError, match=r"\(batch, time, 2\)"):
+        vglib.build_rnn(4)(torch.randn(3, 5))
+
+
+def test_training_is_repeatable_and_learns():
+    x = torch.randn(256, 4)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5], [0.0]])
+
+    def run():
+        model = vglib.build_mlp(2, 16, "tanh", "xavier", seed=0, in_features=4)
+        return vglib.train(model, x, y, steps=200, lr=1e-2, seed=5, eval_every=50)
+
+    first, second = run(), run()
+    np.testing.assert_array_equal(first.loss, second.loss)
+    assert list(first.eval_steps) == [50, 100, 150, 200]
+    # y has variance 5.25; a trained model explains more than 98% of it
+    assert math.isfinite(first.final_eval_loss) and first.final_eval_loss < 0.02 * y.var().item()
+    assert first.eval_loss[-1] < first.eval_loss[0]
+
+
+def test_training_rejects_bad_arguments():
+    model = vglib.build_mlp(1, 2, in_features=2)
+    x, y = torch.randn(8, 2), torch.randn(8, 1)
+    with pytest.raises(ValueError, match="'sgd', 'adam'"):
+        vglib.train(model, x, y, steps=1, lr=0.1, optimizer="rmsprop")
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        vglib.train(model, x, y, steps=1, lr=0.0)
+    with pytest.raises(ValueError, match="different numbers"):
+        vglib.train(model, x, y[:4], steps=1, lr=0.1)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        vglib.train(nn.Sequential(nn.ReLU()), x, y, steps=1, lr=0.1)
