@@ -18,6 +18,7 @@ from .plots import (
     plot_activation_derivatives,
     plot_gradient_profile,
     plot_order_to_chaos,
+    plot_training_curves,
 )
 from .probes import (
     ForwardStatistics,
@@ -82,6 +83,7 @@ __all__ = [
     "plot_activation_derivatives",
     "plot_gradient_profile",
     "plot_order_to_chaos",
+    "plot_training_curves",
     "predicted_gradient_norms",
     "probe_batch",
     "relu_gradient_factor",

@@ -22,6 +22,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocato
 
 from .activations import get_activation
 from .probes import GradientProfile
+from .train import TrainingHistory
 
 __all__ = [
     "GRADIENT_SERIES",
@@ -33,6 +34,7 @@ __all__ = [
     "plot_activation_derivatives",
     "plot_gradient_profile",
     "plot_order_to_chaos",
+    "plot_training_curves",
 ]
 
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#E69F00", "#CC79A7", "#56B4E9", "#000000")
@@ -335,4 +337,24 @@ def plot_order_to_chaos(activation: str, sigma_w2s: Sequence[float], sigma_b2: f
     ax_xi.set(xlabel=r"$\sigma_w^2$", ylabel=r"$|\xi_\nabla|$ (layers)", title="gradient depth scale")
     for ax in (ax_chi, ax_xi):
         ax.grid(True, alpha=0.3)
+    return fig
+
+
+def plot_training_curves(
+    histories: Mapping[str, TrainingHistory], *, baseline: float | None = None, title: str = ""
+) -> Figure:
+    """Held-out loss against training step for labelled runs, with an optional baseline marked."""
+    if not histories:
+        raise ValueError("plot_training_curves needs at least one history")
+    fig = _new_figure(6.4, 3.6)
+    ax = fig.add_subplot()
+    for i, (label, history) in enumerate(histories.items()):
+        ax.plot(history.eval_steps, history.eval_loss, color=OKABE_ITO[i % 7], marker="os^D"[i % 4],
+                markersize=3, label=label)  # fmt: skip
+    if baseline is not None:
+        ax.axhline(baseline, color="0.3", linestyle="--", linewidth=1, label=f"baseline {baseline:.3g}")
+    ax.set(xlabel="training step", ylabel="held-out loss (MSE)", title=title)
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, framealpha=1.0)
     return fig

@@ -119,3 +119,15 @@ def test_order_to_chaos_figure_crosses_one_at_the_critical_point():
     assert chis[0] == pytest.approx(0.5) and chis[1] == pytest.approx(1.0, abs=1e-9) and chis[2] > 1
     with pytest.raises(ValueError, match="two positive"):
         vglib.plot_order_to_chaos("tanh", [1.0])
+
+
+def test_training_curves_show_each_run_and_the_baseline():
+    from vglib.train import TrainingHistory
+
+    runs = {"a": TrainingHistory(np.ones(4), np.array([2, 4]), np.array([0.5, 0.2]))}
+    fig = vglib.plot_training_curves(runs, baseline=1 / 6)
+    ax = fig.axes[0]
+    np.testing.assert_array_equal(ax.lines[0].get_ydata(), [0.5, 0.2])
+    assert ax.lines[1].get_ydata()[0] == pytest.approx(1 / 6)
+    with pytest.raises(ValueError, match="at least one"):
+        vglib.plot_training_curves({})
