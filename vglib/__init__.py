@@ -26,6 +26,7 @@ from .probes import (
     bptt_gradient_norms,
     forward_statistics,
     gradient_profile,
+    jacobian_singular_values,
 )
 from .static import Control
 from .theory import (
@@ -80,6 +81,7 @@ __all__ = [
     "init_layer",
     "init_variance",
     "init_weights",
+    "jacobian_singular_values",
     "plot_activation_derivatives",
     "plot_gradient_profile",
     "plot_order_to_chaos",

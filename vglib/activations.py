@@ -75,6 +75,9 @@ _REGISTRY: dict[str, Activation] = {
             False,
             "x * Phi(x); phi' peaks at ~1.129 at x = sqrt(2)",
         ),
+        Activation(
+            "linear", nn.Identity, 1.0, False, "the identity: a deep linear network (Saxe et al. 2013)"
+        ),
     )
 }
 

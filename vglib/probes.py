@@ -26,6 +26,7 @@ __all__ = [
     "bptt_gradient_norms",
     "forward_statistics",
     "gradient_profile",
+    "jacobian_singular_values",
 ]
 
 SATURATION_THRESHOLD = 0.1
@@ -296,3 +297,26 @@ def bptt_gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> n
         loss = _default_loss(output, y)
         grads = torch.autograd.grad(loss, states, allow_unused=True)
     return np.array([_norm(g) for g in grads], dtype=np.float64)
+
+
+def jacobian_singular_values(module: nn.Module, x: torch.Tensor) -> np.ndarray:
+    """Singular values, largest first, of the Jacobian ``d module(x) / d x`` at one input ``x``.
+
+    ``x`` is one example of shape ``(n,)`` (or ``(1, n)``); the module's output is flattened. For
+    the hidden stack of a ``build_mlp`` model pass ``model[:-1]`` (everything but the head): the
+    input-output Jacobian is then the product of the layer Jacobians ``diag(phi'(z_l)) W_l``.
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    x = _check_tensor("x", x)
+    if x.ndim == 2 and x.shape[0] == 1:
+        x = x[0]
+    if x.ndim != 1:
+        raise ValueError(f"x must be one example of shape (n,) or (1, n), got {tuple(x.shape)}")
+
+    def flat(inp: torch.Tensor) -> torch.Tensor:
+        return module(inp.unsqueeze(0)).reshape(-1)
+
+    with torch.enable_grad():
+        jacobian = torch.func.jacrev(flat)(x.detach())
+    return torch.linalg.svdvals(jacobian.detach().double()).numpy()

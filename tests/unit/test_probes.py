@@ -243,3 +243,36 @@ def test_forward_statistics_rejects_bad_input():
         vglib.forward_statistics(nn.Sequential(nn.Tanh()), torch.randn(3, 5))
     with pytest.raises(ValueError, match="valid choices"):
         vglib.forward_statistics(vglib.build_mlp(2, 4), torch.randn(3, 4), "swish")
+
+
+def test_jacobian_singular_values_match_the_product_of_layer_jacobians():
+    model = vglib.build_mlp(2, 6, "tanh", "xavier", seed=0)
+    x = torch.randn(6, dtype=torch.float32)
+    w1, w2 = model.linear1.weight.detach().double(), model.linear2.weight.detach().double()
+    z1 = w1 @ x.double() + model.linear1.bias.detach().double()
+    z2 = w2 @ torch.tanh(z1) + model.linear2.bias.detach().double()
+    jacobian = torch.diag(1 - torch.tanh(z2) ** 2) @ w2 @ torch.diag(1 - torch.tanh(z1) ** 2) @ w1
+    expected = torch.linalg.svdvals(jacobian).numpy()
+    np.testing.assert_allclose(vglib.jacobian_singular_values(model[:-1], x), expected, rtol=1e-4)
+
+
+def test_orthogonal_linear_products_are_isometries_and_gaussian_ones_spread():
+    # Saxe et al. (2013): a product of orthogonal matrices is orthogonal, all singular values 1;
+    # a product of Gaussian matrices with variance 1/n keeps E[s^2] = 1 but spreads the spectrum.
+    x = torch.randn(128)
+    orthogonal = vglib.jacobian_singular_values(vglib.build_mlp(30, 128, "linear", "orthogonal")[:-1], x)
+    np.testing.assert_allclose(orthogonal, np.ones(128), atol=1e-4)
+    spreads = []
+    for depth in (1, 5, 20):
+        s = vglib.jacobian_singular_values(vglib.build_mlp(depth, 128, "linear", "lecun", seed=1)[:-1], x)
+        assert (s**2).mean() == pytest.approx(1.0, abs=0.25)
+        spreads.append(s[0] / s[len(s) // 2])  # largest over median
+    assert spreads[0] < spreads[1] < spreads[2]
+
+
+def test_jacobian_rejects_batches():
+    model = vglib.build_mlp(2, 4)
+    with pytest.raises(ValueError, match="one example"):
+        vglib.jacobian_singular_values(model, torch.randn(3, 4))
+    with pytest.raises(TypeError, match="nn.Module"):
+        vglib.jacobian_singular_values(lambda t: t, torch.randn(4))
