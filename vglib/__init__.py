@@ -16,6 +16,7 @@ from .plots import (
     ProfileFigure,
     Series,
     plot_activation_derivatives,
+    plot_curves,
     plot_gradient_profile,
     plot_order_to_chaos,
     plot_training_curves,
@@ -39,6 +40,8 @@ from .theory import (
     predicted_gradient_norms,
     relu_gradient_factor,
     rnn_vanishing_radius,
+    saturated_fraction,
+    saturation_threshold,
     variance_propagation,
 )
 from .train import TrainingHistory, train
@@ -83,6 +86,7 @@ __all__ = [
     "init_weights",
     "jacobian_singular_values",
     "plot_activation_derivatives",
+    "plot_curves",
     "plot_gradient_profile",
     "plot_order_to_chaos",
     "plot_training_curves",
@@ -90,6 +94,8 @@ __all__ = [
     "probe_batch",
     "relu_gradient_factor",
     "rnn_vanishing_radius",
+    "saturated_fraction",
+    "saturation_threshold",
     "seed_everything",
     "torch_seed",
     "train",

@@ -32,6 +32,7 @@ __all__ = [
     "ProfileFigure",
     "Series",
     "plot_activation_derivatives",
+    "plot_curves",
     "plot_gradient_profile",
     "plot_order_to_chaos",
     "plot_training_curves",
@@ -355,6 +356,40 @@ def plot_training_curves(
         ax.axhline(baseline, color="0.3", linestyle="--", linewidth=1, label=f"baseline {baseline:.3g}")
     ax.set(xlabel="training step", ylabel="held-out loss (MSE)", title=title)
     ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, framealpha=1.0)
+    return fig
+
+
+def plot_curves(
+    x: np.ndarray,
+    curves: Mapping[str, np.ndarray],
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    logx: bool = False,
+    logy: bool = False,
+    dashed: Sequence[str] = (),
+) -> Figure:
+    """Labelled curves over a shared x axis; labels listed in ``dashed`` are drawn dashed
+    (for theory beside measurement). Colours cycle through the colour-blind-safe palette, with a
+    dashed curve taking the colour of the solid one before it."""
+    if not curves:
+        raise ValueError("plot_curves needs at least one curve")
+    fig = _new_figure(6.4, 3.6)
+    ax = fig.add_subplot()
+    color_index = -1
+    for label, values in curves.items():
+        if label not in dashed or color_index < 0:
+            color_index += 1
+        ax.plot(x, values, color=OKABE_ITO[color_index % 7], linestyle="--" if label in dashed else "-",
+                marker="" if label in dashed else "o", markersize=3, label=label)  # fmt: skip
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, framealpha=1.0)
     return fig

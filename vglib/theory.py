@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ._validation import check_choice, check_positive_int
-from .activations import get_activation
+from .activations import ACTIVATIONS, get_activation
 from .initialization import INITS, init_variance
 
 __all__ = [
@@ -24,6 +24,8 @@ __all__ = [
     "predicted_gradient_norms",
     "relu_gradient_factor",
     "rnn_vanishing_radius",
+    "saturated_fraction",
+    "saturation_threshold",
     "variance_propagation",
 ]
 
@@ -195,3 +197,32 @@ def rnn_vanishing_radius(activation: str) -> float:
     """``1 / sup|phi'|``: below this spectral radius of ``W_hh``, gradients through time are
     guaranteed to vanish exponentially (Pascanu, Mikolov & Bengio 2013): 1 for tanh, 4 for sigmoid."""
     return 1.0 / get_activation(activation).derivative_bound
+
+
+def saturation_threshold(activation: str) -> float:
+    """The ``t > 0`` beyond which a saturating unit counts as saturated: where
+    ``phi'(t) = SATURATION_THRESHOLD * sup phi'`` (``phi'`` falls monotonically for ``z > 0``)."""
+    from .probes import SATURATION_THRESHOLD
+
+    act = get_activation(activation)
+    if not act.saturating:
+        saturating = [name for name in ACTIVATIONS if get_activation(name).saturating]
+        raise ValueError(f"{activation!r} does not saturate; saturating activations: {saturating}")
+    _, slope = _phi(activation)
+    target = SATURATION_THRESHOLD * act.derivative_bound
+    low, high = 0.0, 100.0
+    for _ in range(100):
+        middle = 0.5 * (low + high)
+        low, high = (middle, high) if slope(np.array([middle]))[0] > target else (low, middle)
+    return 0.5 * (low + high)
+
+
+def saturated_fraction(activation: str, q: float | np.ndarray) -> np.ndarray:
+    """Expected fraction of saturated units when pre-activations are ``N(0, q)``:
+    ``P(|z| > t) = erfc(t / sqrt(2 q))`` with ``t = saturation_threshold(activation)``."""
+    t = saturation_threshold(activation)
+    q = np.asarray(q, dtype=np.float64)
+    if np.any(q < 0):
+        raise ValueError("variances must be >= 0")
+    with np.errstate(divide="ignore"):
+        return np.vectorize(lambda v: math.erfc(t / math.sqrt(2.0 * v)) if v > 0 else 0.0)(q)

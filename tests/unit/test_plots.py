@@ -131,3 +131,15 @@ def test_training_curves_show_each_run_and_the_baseline():
     assert ax.lines[1].get_ydata()[0] == pytest.approx(1 / 6)
     with pytest.raises(ValueError, match="at least one"):
         vglib.plot_training_curves({})
+
+
+def test_plot_curves_pairs_dashed_theory_with_its_measurement():
+    fig = vglib.plot_curves(
+        np.arange(3), {"measured": np.ones(3), "theory": np.ones(3), "other": np.zeros(3)},
+        xlabel="x", ylabel="y", dashed=("theory",),
+    )  # fmt: skip
+    measured, theory, other = fig.axes[0].lines
+    assert theory.get_color() == measured.get_color() != other.get_color()
+    assert theory.get_linestyle() == "--"
+    with pytest.raises(ValueError, match="at least one"):
+        vglib.plot_curves(np.arange(2), {}, xlabel="x", ylabel="y")

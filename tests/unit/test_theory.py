@@ -110,3 +110,27 @@ def test_relu_has_no_finite_fixed_point_off_criticality_but_a_constant_chi():
     assert vglib.fixed_point("relu", 1.0) == pytest.approx(0.0, abs=1e-12)
     for sigma_w2 in (1.0, 2.0, 3.0):
         assert vglib.chi_1("relu", sigma_w2) == pytest.approx(sigma_w2 / 2)
+
+
+def test_saturation_thresholds_in_closed_form():
+    # sigmoid' = 1 / (4 cosh^2(z/2)) = 0.025 and tanh' = 1 - tanh^2 = 0.1
+    assert vglib.saturation_threshold("sigmoid") == pytest.approx(2 * math.acosh(1 / (2 * math.sqrt(0.025))))
+    assert vglib.saturation_threshold("tanh") == pytest.approx(math.atanh(math.sqrt(0.9)))
+    with pytest.raises(ValueError, match=r"saturating activations: \['sigmoid', 'tanh'\]"):
+        vglib.saturation_threshold("relu")
+
+
+@pytest.mark.parametrize(("activation", "sigma_w2"), [("sigmoid", 16.0), ("tanh", 4.0), ("tanh", 1.0)])
+def test_saturated_fraction_predicts_a_wide_layer(activation, sigma_w2):
+    x, _ = vglib.probe_batch(256, batch_size=512, seed=4)
+    model = vglib.build_gaussian_mlp(3, 256, activation, sigma_w2, seed=4)
+    measured = vglib.forward_statistics(model, x, activation).saturated_fraction
+    predicted = vglib.saturated_fraction(
+        activation, vglib.variance_propagation(activation, sigma_w2, depth=3)
+    )
+    # For sigmoid layers each unit's pre-activation carries a fixed offset (sigmoid outputs have
+    # mean ~0.5), so the 256 units, not the 512 x 256 values, are the independent samples:
+    # allow three binomial standard errors over 256 units.
+    tolerance = 3 * np.sqrt(predicted * (1 - predicted) / 256) + 1e-3
+    assert np.all(np.abs(measured - predicted) <= tolerance), (measured, predicted)
+    assert vglib.saturated_fraction("tanh", 0.0) == 0.0
