@@ -9,7 +9,8 @@ output after its activation (and after any normalisation, pooling or dropout in 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .activations import get_activation
 from .initialization import weight_layers
 
 __all__ = [
@@ -120,6 +122,31 @@ def _norm(grad: torch.Tensor | None) -> float:
     return 0.0 if grad is None else float(torch.linalg.vector_norm(grad.detach().double()))
 
 
+def _measured_layers(model: nn.Module, caller: str) -> dict[str, nn.Module]:
+    """The Linear/Conv layers of ``model`` by name, or an error saying what counts as a layer."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    layers = dict(weight_layers(model))
+    if not layers:
+        raise ValueError(
+            f"{type(model).__name__} has no layers to measure; {caller} counts "
+            "nn.Linear, nn.Conv1d, nn.Conv2d and nn.Conv3d as layers"
+        )
+    return layers
+
+
+@contextlib.contextmanager
+def _buffers_kept(model: nn.Module) -> Iterator[None]:
+    """Restore the model's buffers (e.g. batch-norm running statistics) after the block."""
+    saved = [b.detach().clone() for b in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in zip(model.buffers(), saved, strict=True):
+                buffer.copy_(value)
+
+
 def gradient_profile(
     model: nn.Module,
     x: torch.Tensor,
@@ -132,14 +159,7 @@ def gradient_profile(
     attributes, its buffers (e.g. batch-norm running statistics) and its train/eval mode.
     ``loss_fn(output, y)`` defaults to MSE for float ``y`` and cross-entropy for integer ``y``.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    layers = dict(weight_layers(model))
-    if not layers:
-        raise ValueError(
-            f"{type(model).__name__} has no layers to measure; gradient_profile counts "
-            "nn.Linear, nn.Conv1d, nn.Conv2d and nn.Conv3d as layers"
-        )
+    layers = _measured_layers(model, "gradient_profile")
     x, y = _check_tensor("x", x), _check_tensor("y", y)
     names_of = {id(m): n for n, m in layers.items()}
     calls: list[tuple[str, torch.Tensor]] = []
@@ -148,9 +168,8 @@ def gradient_profile(
         calls.append((names_of[id(module)], inputs[0]))
 
     handles = [m.register_forward_pre_hook(record) for m in layers.values()]
-    saved_buffers = [b.detach().clone() for b in model.buffers()]
     try:
-        with torch.enable_grad():
+        with _buffers_kept(model), torch.enable_grad():
             try:
                 output = model(x)
             except RuntimeError as error:
@@ -184,9 +203,6 @@ def gradient_profile(
     finally:
         for handle in handles:
             handle.remove()
-        with torch.no_grad():
-            for buffer, saved in zip(model.buffers(), saved_buffers, strict=True):
-                buffer.copy_(saved)
     grad_of = {id(t): g for t, g in zip(targets, grads, strict=True)}
 
     def norm_of(t: torch.Tensor) -> float:
@@ -228,17 +244,8 @@ def forward_statistics(model: nn.Module, x: torch.Tensor, activation: str | None
     Layers are counted as in ``gradient_profile``: every Linear/Conv layer called, in call order,
     the last one (the head) left out. The model is left as it was.
     """
-    from .activations import get_activation
-
     act = get_activation(activation) if activation is not None else None
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    layers = dict(weight_layers(model))
-    if not layers:
-        raise ValueError(
-            f"{type(model).__name__} has no layers to measure; forward_statistics counts "
-            "nn.Linear, nn.Conv1d, nn.Conv2d and nn.Conv3d as layers"
-        )
+    layers = _measured_layers(model, "forward_statistics")
     x = _check_tensor("x", x)
     names_of = {id(m): n for n, m in layers.items()}
     outputs: list[tuple[str, torch.Tensor]] = []
@@ -246,17 +253,14 @@ def forward_statistics(model: nn.Module, x: torch.Tensor, activation: str | None
         m.register_forward_hook(lambda module, _, out: outputs.append((names_of[id(module)], out)))
         for m in layers.values()
     ]
-    saved_buffers = [b.detach().clone() for b in model.buffers()]
     try:
-        try:
+        with _buffers_kept(model):
             model(x)
-        except RuntimeError as error:
-            raise ValueError(f"x of shape {tuple(x.shape)} does not fit the model ({error})") from error
+    except RuntimeError as error:
+        raise ValueError(f"x of shape {tuple(x.shape)} does not fit the model ({error})") from error
     finally:
         for handle in handles:
             handle.remove()
-        for buffer, saved in zip(model.buffers(), saved_buffers, strict=True):
-            buffer.copy_(saved)
     hidden = outputs[:-1]
     nan = np.full(len(hidden), np.nan)
     variance = np.array([float(z.double().var()) for _, z in hidden])
