@@ -10,6 +10,7 @@ from .activations import ACTIVATIONS, Activation, activation_derivative, get_act
 from .data import ADDING_BASELINE_MSE, adding_problem, probe_batch
 from .initialization import INITS, init_layer, init_variance, init_weights, weight_layers
 from .models import ElmanRNN, build_gaussian_mlp, build_mlp, build_rnn
+from .monitor import Diagnosis, GradientMonitor, MonitorTable, diagnose, loss_stalled
 from .plots import (
     UNDERFLOW_FLOOR,
     CurveFigure,
@@ -57,10 +58,13 @@ __all__ = [
     "Activation",
     "Control",
     "CurveFigure",
+    "Diagnosis",
     "ElmanRNN",
     "ForwardStatistics",
     "GradientExplorer",
+    "GradientMonitor",
     "GradientProfile",
+    "MonitorTable",
     "ProfileFigure",
     "Series",
     "TrainingHistory",
@@ -74,6 +78,7 @@ __all__ = [
     "chi",
     "chi_1",
     "curve_explorer",
+    "diagnose",
     "fixed_point",
     "forward_statistics",
     "gaussian_expectation",
@@ -85,6 +90,7 @@ __all__ = [
     "init_variance",
     "init_weights",
     "jacobian_singular_values",
+    "loss_stalled",
     "plot_activation_derivatives",
     "plot_curves",
     "plot_gradient_profile",

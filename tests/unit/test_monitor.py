@@ -1,0 +1,193 @@
+"""GradientMonitor, diagnose and loss_stalled: numbers against plain autograd, hooks, verdicts."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import vglib
+from vglib.monitor import _norm
+
+
+def batch(width=16, n=32, seed=0):
+    return vglib.probe_batch(width, 1, n, seed=seed)
+
+
+def sgd_run(model, x, y, steps, every=1, with_optimizer=True, lr=0.1):
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    monitor = vglib.GradientMonitor(model, optimizer if with_optimizer else None, every=every)
+    with monitor:
+        for _ in range(steps):
+            optimizer.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            if with_optimizer:
+                optimizer.step()
+            else:
+                monitor.step(lr=lr)
+                optimizer.step()
+    return monitor
+
+
+def test_records_only_sampled_steps_and_every_layer():
+    model = vglib.build_mlp(3, 16, "tanh", "xavier", seed=0)
+    table = sgd_run(model, *batch(), steps=7, every=3).table()
+    assert sorted(set(table.step.tolist())) == [0, 3, 6]
+    assert table.layers("parameters") == ["linear1", "linear2", "linear3", "head"]
+    assert table.layers("activation") == ["act1", "act2", "act3"]
+    names, steps, values = table.matrix("grad_norm")
+    assert names == table.layers("parameters") and list(steps) == [0, 3, 6]
+    assert values.shape == (4, 3) and np.isfinite(values).all()
+
+
+def test_gradient_and_update_numbers_match_plain_autograd():
+    model = vglib.build_mlp(2, 8, "tanh", "xavier", seed=1)
+    x, y = batch(8)
+    reference = vglib.build_mlp(2, 8, "tanh", "xavier", seed=1)
+    nn.functional.mse_loss(reference(x), y).backward()
+    first = reference.linear1
+    expected = math.hypot(first.weight.grad.norm().item(), first.bias.grad.norm().item())
+    weight = math.hypot(first.weight.detach().norm().item(), first.bias.detach().norm().item())
+
+    auto = sgd_run(model, x, y, steps=1).table()
+    by_hand = sgd_run(
+        vglib.build_mlp(2, 8, "tanh", "xavier", seed=1), x, y, steps=1, with_optimizer=False
+    ).table()
+    for table in (auto, by_hand):
+        row = (table.layer == "linear1") & (table.step == 0)
+        assert table["grad_norm"][row][0] == pytest.approx(expected, rel=1e-5)
+        assert table["weight_norm"][row][0] == pytest.approx(weight, rel=1e-5)
+        # plain SGD moves W by lr * grad: the measured update and lr ||g|| / ||W|| agree
+        assert table["update_ratio"][row][0] == pytest.approx(0.1 * expected / weight, rel=1e-4)
+
+
+def test_activation_statistics_and_gradients_match_the_profile():
+    model = vglib.build_mlp(4, 16, "relu", "he", seed=2)
+    x, y = batch(16, n=64, seed=2)
+    profile = vglib.gradient_profile(model, x, y)
+    stats = vglib.forward_statistics(model, x)
+    with torch.no_grad():
+        h1 = torch.relu(model.linear1(x))  # before the step changes the weights
+    table = sgd_run(model, x, y, steps=1).table()
+    acts = table.kind == "activation"
+    np.testing.assert_allclose(table["grad_norm"][acts], profile.activation_grad_norms, rtol=1e-4)
+    first = acts & (table.layer == "act1")
+    assert table["mean"][first][0] == pytest.approx(h1.mean().item(), rel=1e-5)
+    assert table["std"][first][0] == pytest.approx(h1.std(unbiased=False).item(), rel=1e-4)
+    assert np.isnan(table["saturated"][acts]).all() and np.isfinite(stats.preactivation_variance).all()
+
+
+def test_dead_and_saturated_units_are_counted():
+    model = vglib.build_mlp(2, 16, "relu", "he", seed=0)
+    with torch.no_grad():
+        model.linear2.bias.fill_(-100.0)
+    table = sgd_run(model, *batch(), steps=1).table()
+    assert table["dead"][(table.layer == "act2")][0] == 1.0
+    saturating = vglib.build_gaussian_mlp(2, 64, "sigmoid", 40.0, seed=0)
+    table = sgd_run(saturating, *batch(64, n=64), steps=1).table()
+    assert table["saturated"][(table.layer == "act1")][0] > 0.3
+
+
+def test_hooks_are_removed_and_a_closed_monitor_refuses_to_record():
+    model = vglib.build_mlp(2, 8, "sigmoid", seed=0)
+    monitor = sgd_run(model, *batch(8), steps=2)
+    assert all(not m._forward_hooks for m in model.modules())
+    with pytest.raises(RuntimeError, match="closed"):
+        monitor.step()
+    with pytest.raises(RuntimeError, match="closed"):
+        monitor.attach()
+    assert len(monitor.table()) > 0  # records stay readable
+
+
+def test_the_monitor_changes_nothing_by_itself():
+    model = vglib.build_mlp(2, 8, "tanh", seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with vglib.GradientMonitor(model) as monitor:
+        nn.functional.mse_loss(model(torch.randn(4, 8)), torch.zeros(4, 1)).backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        monitor.step()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert all(torch.equal(g, p.grad) for g, p in zip(grads, model.parameters(), strict=True))
+
+
+def test_recurrent_models_are_watched():
+    class Tagger(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = nn.LSTM(2, 8, batch_first=True)
+            self.head = nn.Linear(8, 1)
+
+        def forward(self, x):
+            return self.head(self.lstm(x)[0][:, -1])
+
+    x, y = vglib.adding_problem(16, 12, seed=0)
+    table = sgd_run(Tagger(), x, y, steps=2).table()
+    assert table.layers("parameters") == ["lstm", "head"]
+    assert table.layers("activation") == ["lstm"]
+    assert np.isfinite(table["grad_norm"]).all()
+
+
+def test_tiny_gradients_do_not_underflow():
+    tiny = torch.full((100,), 1e-30)
+    assert _norm(tiny) == pytest.approx(1e-29, rel=1e-5)  # float32 squares would underflow to 0
+    huge = torch.full((4,), 1e30)
+    assert _norm(huge) == pytest.approx(2e30, rel=1e-5)
+
+
+def test_bad_input_to_the_monitor():
+    with pytest.raises(ValueError, match="no parameters"):
+        vglib.GradientMonitor(nn.Sequential(nn.ReLU()))
+    with pytest.raises(ValueError, match="every must be an int >= 1"):
+        vglib.GradientMonitor(nn.Linear(2, 2), every=0)
+    with pytest.raises(TypeError, match="nn.Module"):
+        vglib.GradientMonitor("model")
+    model = nn.Linear(2, 1)
+    monitor = vglib.GradientMonitor(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(RuntimeError, match="follows its optimizer"):
+        monitor.step()
+    with pytest.raises(KeyError, match="columns are"):
+        monitor.table()["gradient"]
+
+
+def test_diagnose_gives_the_three_verdicts():
+    x, y = vglib.probe_batch(64, batch_size=128, seed=0)
+    assert vglib.diagnose(vglib.build_mlp(20, 64, "sigmoid", "default"), x, y).status == "vanishing"
+    healthy = vglib.diagnose(vglib.build_mlp(10, 64, "relu", "he"), x, y)
+    assert healthy.status == "healthy" and healthy.flagged == ()
+    scaled = vglib.build_mlp(10, 64, "relu", "he")
+    with torch.no_grad():
+        for layer in scaled:
+            if isinstance(layer, nn.Linear):
+                layer.weight.mul_(3.0)
+    assert vglib.diagnose(scaled, x, y).status == "exploding"
+
+
+def test_diagnosis_report_reads_well_and_points_to_remedies():
+    x, y = vglib.probe_batch(32, batch_size=64, seed=0)
+    report = vglib.diagnose(vglib.build_mlp(15, 32, "sigmoid", "default"), x, y)
+    text = str(report)
+    assert text.startswith("status: VANISHING")
+    assert "linear1" in report.flagged and "<-- look here" in text
+    assert "chapter: Initialisation" in text and len(report.layer_names) == 16
+    assert report.layer_types[0] == "Linear"
+
+
+def test_diagnose_works_on_models_vglib_did_not_build():
+    cnn = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3))
+    report = vglib.diagnose(cnn, torch.randn(8, 1, 8, 8), torch.randint(0, 3, (8,)))
+    assert report.layer_names == ("0", "3") and report.status in {"healthy", "vanishing", "exploding"}
+    with pytest.raises(ValueError, match="nothing to diagnose"):
+        vglib.diagnose(nn.Sequential(nn.ReLU()), torch.randn(2, 2), torch.randn(2, 2))
+    with pytest.raises(ValueError, match="does not fit"):
+        vglib.diagnose(cnn, torch.randn(8, 2, 8, 8), torch.randint(0, 3, (8,)))
+
+
+def test_loss_stalled():
+    rng = np.random.default_rng(0)
+    flat = 1.0 + 0.05 * rng.standard_normal(200)
+    falling = np.linspace(2.0, 0.5, 200) + 0.05 * rng.standard_normal(200)
+    assert vglib.loss_stalled(flat) and not vglib.loss_stalled(falling)
+    assert not vglib.loss_stalled(np.append(flat, [np.inf] * 100))
+    with pytest.raises(ValueError, match="at least 100 losses"):
+        vglib.loss_stalled(flat[:99])
