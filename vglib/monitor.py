@@ -24,6 +24,8 @@ from .probes import _check_tensor, _default_loss
 __all__ = [
     "EXPLODING_RATIO",
     "EXPLODING_RELATIVE_GRADIENT",
+    "GRADIENT_LOG_RANGE",
+    "HISTOGRAM_BINS",
     "STALL_WINDOW",
     "VANISHING_RATIO",
     "Diagnosis",
@@ -44,6 +46,12 @@ _SATURATED: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "tanh": lambda h: 1 - h * h < 0.1,  # tanh' = 1 - h^2
 }
 _RECURRENT = (nn.RNN, nn.LSTM, nn.GRU)
+
+HISTOGRAM_BINS = 40
+"""Bins of every histogram the monitor records."""
+_HISTOGRAM_RANGE = {"sigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0), "relu": (0.0, 5.0)}
+GRADIENT_LOG_RANGE = (-30.0, 2.0)
+"""The range of ``log10 |dL/dh|`` in gradient histograms; smaller values land in the lowest bin."""
 
 COLUMNS = ("grad_norm", "weight_norm", "update_ratio", "mean", "std", "saturated", "dead")
 
@@ -113,7 +121,14 @@ class GradientMonitor:
     monitor never changes weights, gradients or ``requires_grad``, and removes every hook on exit.
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, every: int = 1):
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        every: int = 1,
+        histograms: bool = False,
+    ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.every = check_positive_int("every", every)
@@ -136,6 +151,8 @@ class GradientMonitor:
         ]
         self._groups = [[p for p in m.parameters(recurse=False) if p.requires_grad] for _, m in self.layers]
         self._flat = [p for group in self._groups for p in group]
+        self.histograms_on = histograms
+        self._histograms: dict[tuple[str, str], list[tuple[int, np.ndarray]]] = {}
         self.steps_taken = 0
         self._rows: list[tuple[int, str, str, dict[str, float]]] = []
         self._pending: dict[tuple[str, str], dict[str, float]] = {}  # (layer, kind) -> values
@@ -206,8 +223,23 @@ class GradientMonitor:
                 stats["saturated"] = float(_SATURATED[kind](values).float().mean())
             if kind == "relu" and values.ndim >= 2:  # dead: zero for every example of the batch
                 stats["dead"] = float((values.amax(dim=0) == 0).float().mean())
+            if self.histograms_on:
+                low, high = _HISTOGRAM_RANGE.get(kind or "", (-5.0, 5.0))
+                counts = torch.histc(values.float(), bins=HISTOGRAM_BINS, min=low, max=high)
+                self._histograms.setdefault((name, "activation"), []).append(
+                    (self.steps_taken, counts.numpy())
+                )
             if h.requires_grad:
-                h.register_hook(lambda g: stats.__setitem__("grad_norm", _norm(g)) or None)
+                step = self.steps_taken
+
+                def on_gradient(g: torch.Tensor) -> None:
+                    stats["grad_norm"] = _norm(g)
+                    if self.histograms_on:  # log10 |dL/dh|, zeros in the lowest bin
+                        logs = torch.log10(g.detach().abs().double().clamp_min(10.0 ** GRADIENT_LOG_RANGE[0]))
+                        counts = torch.histc(logs.float(), HISTOGRAM_BINS, *GRADIENT_LOG_RANGE)
+                        self._histograms.setdefault((name, "gradient"), []).append((step, counts.numpy()))
+
+                h.register_hook(on_gradient)
 
         return hook
 
@@ -262,6 +294,26 @@ class GradientMonitor:
         self.steps_taken += 1
 
     # -- results ------------------------------------------------------------------------------
+    def histogram(self, layer: str, of: str = "activation") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(steps, bin_edges, counts[step, bin])`` of an activation module's outputs (``of=
+        "activation"``) or of ``log10 |dL/dh|`` (``of="gradient"``); needs ``histograms=True``."""
+        if not self.histograms_on:
+            raise RuntimeError("histograms were not recorded: make the monitor with histograms=True")
+        if of not in ("activation", "gradient"):
+            raise ValueError(f"unknown histogram {of!r}; valid choices are 'activation', 'gradient'")
+        records = self._histograms.get((layer, of))
+        if not records:
+            known = sorted({name for name, kind in self._histograms if kind == of})
+            raise KeyError(f"no {of} histograms for {layer!r}; layers with them: {known}")
+        module = dict(self.activations).get(layer)
+        if of == "gradient":
+            low, high = GRADIENT_LOG_RANGE
+        else:
+            low, high = _HISTOGRAM_RANGE.get(_ACTIVATIONS.get(type(module), ""), (-5.0, 5.0))
+        steps = np.array([step for step, _ in records])
+        counts = np.stack([c for _, c in records])
+        return steps, np.linspace(low, high, HISTOGRAM_BINS + 1), counts
+
     def table(self) -> MonitorTable:
         """Everything recorded so far, as columns."""
         columns = {c: np.array([r[3].get(c, np.nan) for r in self._rows], dtype=np.float64) for c in COLUMNS}

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
 from .activations import get_activation
+from .monitor import MonitorTable
 from .probes import GradientProfile
 from .train import TrainingHistory
 
@@ -33,9 +34,12 @@ __all__ = [
     "Series",
     "plot_activation_derivatives",
     "plot_curves",
+    "plot_gradient_heatmap",
     "plot_gradient_profile",
+    "plot_histograms_over_training",
     "plot_order_to_chaos",
     "plot_training_curves",
+    "plot_update_ratios",
 ]
 
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#E69F00", "#CC79A7", "#56B4E9", "#000000")
@@ -392,4 +396,55 @@ def plot_curves(
         ax.set_yscale("log")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, framealpha=1.0)
+    return fig
+
+
+def plot_gradient_heatmap(table: MonitorTable, column: str = "grad_norm", kind: str = "parameters") -> Figure:
+    """A layer x step heat map of ``log10`` of one monitor column (input-side layer at the top)."""
+    names, steps, values = table.matrix(column, kind)
+    if not names:
+        raise ValueError(f"the table holds no {kind!r} rows")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.log10(np.where(values > 0, values, np.nan))
+    fig = _new_figure(7.0, 0.6 + 0.22 * len(names) + 1.2)
+    ax = fig.add_subplot()
+    image = ax.imshow(logs, aspect="auto", cmap="viridis", interpolation="nearest",
+                      extent=(steps[0] - 0.5, steps[-1] + 0.5, len(names) - 0.5, -0.5))  # fmt: skip
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set(xlabel="training step", title=f"log10 {column} per layer")
+    fig.colorbar(image, ax=ax, label=f"log10 {column}")
+    return fig
+
+
+def plot_update_ratios(table: MonitorTable, rule_of_thumb: float = 1e-3) -> Figure:
+    """Update-to-weight ratio per layer over training, with the ~1e-3 rule of thumb marked."""
+    names, steps, values = table.matrix("update_ratio")
+    if not names or np.isnan(values).all():
+        raise ValueError("the table holds no update ratios (give the monitor an optimizer, or step(lr=...))")
+    fig = _new_figure(6.4, 3.8)
+    ax = fig.add_subplot()
+    colors = mpl.colormaps["viridis"](np.linspace(0, 0.9, len(names)))
+    for name, row, color in zip(names, values, colors, strict=True):
+        ax.plot(steps, row, color=color, linewidth=1, label=name)
+    ax.axhline(rule_of_thumb, color="#D55E00", linestyle="--", label=f"rule of thumb {rule_of_thumb:g}")
+    ax.set_yscale("log")
+    ax.set(xlabel="training step", ylabel="||ΔW|| / ||W||", title="update-to-weight ratio per layer")
+    ax.grid(True, alpha=0.3)
+    if len(names) <= 12:
+        ax.legend(fontsize=7, framealpha=1.0, ncol=2)
+    return fig
+
+
+def plot_histograms_over_training(
+    steps: np.ndarray, edges: np.ndarray, counts: np.ndarray, *, title: str = ""
+) -> Figure:
+    """The "colourful dimension" view: one histogram per recorded step as a column of an image,
+    ``log(1 + count)`` as colour, so that a distribution collapsing or saturating shows at a glance."""
+    if counts.ndim != 2 or counts.shape[0] != len(steps) or counts.shape[1] != len(edges) - 1:
+        raise ValueError("counts must have shape (len(steps), len(edges) - 1)")
+    fig = _new_figure(6.4, 3.2)
+    ax = fig.add_subplot()
+    ax.imshow(np.log1p(counts.T), origin="lower", aspect="auto", cmap="magma", interpolation="nearest",
+              extent=(steps[0] - 0.5, steps[-1] + 0.5, edges[0], edges[-1]))  # fmt: skip
+    ax.set(xlabel="training step", ylabel="value", title=title)
     return fig

@@ -191,3 +191,48 @@ def test_loss_stalled():
     assert not vglib.loss_stalled(np.append(flat, [np.inf] * 100))
     with pytest.raises(ValueError, match="at least 100 losses"):
         vglib.loss_stalled(flat[:99])
+
+
+def monitored_training(histograms=True):
+    model = vglib.build_mlp(4, 16, "sigmoid", "xavier", seed=0)
+    x, y = batch(16, n=64)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with vglib.GradientMonitor(model, optimizer, every=2, histograms=histograms) as monitor:
+        for _ in range(10):
+            optimizer.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            optimizer.step()
+    return monitor
+
+
+def test_histograms_over_training():
+    monitor = monitored_training()
+    steps, edges, counts = monitor.histogram("act2")
+    assert list(steps) == [0, 2, 4, 6, 8] and edges[0] == 0.0 and edges[-1] == 1.0  # sigmoid range
+    assert counts.shape == (5, 40) and np.all(counts.sum(1) == 64 * 16)  # every value counted once
+    grad_steps, grad_edges, grad_counts = monitor.histogram("act2", of="gradient")
+    assert list(grad_steps) == [0, 2, 4, 6, 8] and grad_counts.sum(1)[0] == 64 * 16
+    assert (grad_edges[0], grad_edges[-1]) == vglib.monitor.GRADIENT_LOG_RANGE
+    with pytest.raises(KeyError, match="layers with them"):
+        monitor.histogram("linear1")
+    with pytest.raises(ValueError, match="'activation', 'gradient'"):
+        monitor.histogram("act2", of="weights")
+    with pytest.raises(RuntimeError, match="histograms=True"):
+        monitored_training(histograms=False).histogram("act2")
+
+
+def test_monitor_plots():
+    monitor = monitored_training()
+    table = monitor.table()
+    heat = vglib.plot_gradient_heatmap(table)
+    assert [t.get_text() for t in heat.axes[0].get_yticklabels()] == table.layers("parameters")
+    ratios = vglib.plot_update_ratios(table)
+    assert ratios.axes[0].lines[-1].get_ydata()[0] == pytest.approx(1e-3)
+    assert len(ratios.axes[0].lines) == len(table.layers("parameters")) + 1
+    fig = vglib.plot_histograms_over_training(*monitor.histogram("act1"), title="act1")
+    assert fig.axes[0].images
+    with pytest.raises(ValueError, match="shape"):
+        vglib.plot_histograms_over_training(np.arange(2), np.arange(5), np.zeros((3, 4)))
+    with pytest.raises(ValueError, match="no update ratios"):
+        empty = vglib.GradientMonitor(vglib.build_mlp(1, 2))
+        vglib.plot_update_ratios(empty.table())
