@@ -7,7 +7,7 @@ probes -> theory -> plots -> widgets.
 from . import widgets
 from ._seed import seed_everything, torch_seed
 from .activations import ACTIVATIONS, Activation, activation_derivative, get_activation
-from .data import ADDING_BASELINE_MSE, adding_problem, probe_batch
+from .data import ADDING_BASELINE_MSE, adding_problem, probe_batch, teacher_student
 from .initialization import INITS, init_layer, init_variance, init_weights, weight_layers
 from .models import ElmanRNN, build_gaussian_mlp, build_mlp, build_rnn
 from .monitor import Diagnosis, GradientMonitor, MonitorTable, diagnose, loss_stalled
@@ -109,6 +109,7 @@ __all__ = [
     "saturated_fraction",
     "saturation_threshold",
     "seed_everything",
+    "teacher_student",
     "torch_seed",
     "train",
     "variance_propagation",

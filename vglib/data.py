@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 from ._validation import check_positive_int
+from .models import build_mlp
 
-__all__ = ["ADDING_BASELINE_MSE", "adding_problem", "probe_batch"]
+__all__ = ["ADDING_BASELINE_MSE", "adding_problem", "probe_batch", "teacher_student"]
 
 
 def probe_batch(
@@ -53,3 +54,27 @@ def adding_problem(n_sequences: int, length: int, seed: int = 0) -> tuple[torch.
     x = torch.stack([values, markers], dim=-1)
     y = (values[rows, first] + values[rows, second]).unsqueeze(1)
     return x, y
+
+
+def teacher_student(
+    n_examples: int, in_features: int = 16, seed: int = 0, teacher_seed: int = 1234
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A learnable regression task: ``x ~ N(0, I)`` and ``y = teacher(x)``, where the teacher is a
+    fixed random 2-layer tanh network (Xavier init, width 32) and ``y`` is scaled to unit variance
+    over this draw. A student that learns reaches a loss far below 1, the loss of predicting 0.
+    ``teacher_seed`` fixes the teacher, ``seed`` the inputs, so train and test sets share a teacher.
+    """
+    check_positive_int("n_examples", n_examples)
+    check_positive_int("in_features", in_features)
+    teacher = build_mlp(2, 32, "tanh", "xavier", seed=teacher_seed, in_features=in_features)
+    x = torch.randn(n_examples, in_features, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        y = teacher(x)
+    return x, y / _teacher_scale(teacher, in_features)
+
+
+def _teacher_scale(teacher: torch.nn.Module, in_features: int) -> float:
+    """The teacher's output standard deviation over a large fixed probe, so every draw shares it."""
+    probe = torch.randn(20_000, in_features, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return float(teacher(probe).std())

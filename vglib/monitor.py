@@ -505,21 +505,25 @@ def _verdict(
 
 # -- stalled loss ----------------------------------------------------------------------------------
 
-STALL_WINDOW = 50
+STALL_WINDOW = 100
 """Steps over which ``loss_stalled`` compares the loss."""
 
 
 def loss_stalled(
     losses: Sequence[float] | np.ndarray, window: int = STALL_WINDOW, tolerance: float = 0.01
 ) -> bool:
-    """Whether training has stalled: the mean loss over the last ``window`` steps is less than
-    ``tolerance`` (relative) below the mean over the ``window`` steps before. Means over windows
-    make the test robust to minibatch noise. Needs at least ``2 * window`` losses."""
+    """Whether training has stalled: over the last ``window`` steps the mean loss has not fallen
+    below the mean of the ``window`` steps before by more than ``tolerance`` (relative) *and* by
+    more than two standard errors of that difference. The second test keeps minibatch noise,
+    which moves window means by a few percent, from passing for progress. Needs ``2 * window``
+    losses; a history that is not finite (diverging) is not stalled."""
     check_positive_int("window", window)
     values = np.asarray(losses, dtype=np.float64)
     if values.ndim != 1 or len(values) < 2 * window:
         raise ValueError(f"need a 1-D history of at least {2 * window} losses, got shape {values.shape}")
-    if not np.isfinite(values[-2 * window :]).all():
-        return False  # diverging is not stalling
-    before, after = values[-2 * window : -window].mean(), values[-window:].mean()
-    return bool(after > before * (1 - tolerance))
+    before, after = values[-2 * window : -window], values[-window:]
+    if not (np.isfinite(before).all() and np.isfinite(after).all()):
+        return False
+    decrease = before.mean() - after.mean()
+    noise = 2.0 * math.sqrt((before.var(ddof=1) + after.var(ddof=1)) / window)
+    return bool(decrease < max(tolerance * abs(before.mean()), noise))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,6 +11,7 @@ from torch import nn
 
 from ._seed import torch_seed
 from ._validation import check_choice, check_positive_int
+from .monitor import GradientMonitor
 from .probes import _default_loss
 
 __all__ = ["OPTIMIZERS", "TrainingHistory", "train"]
@@ -24,6 +26,7 @@ class TrainingHistory:
     loss: np.ndarray
     eval_steps: np.ndarray
     eval_loss: np.ndarray
+    monitor: GradientMonitor | None = None
 
     @property
     def final_eval_loss(self) -> float:
@@ -40,18 +43,23 @@ def train(
     lr: float,
     batch_size: int = 64,
     optimizer: str = "adam",
+    momentum: float = 0.0,
     seed: int = 0,
     clip_norm: float | None = None,
     x_eval: torch.Tensor | None = None,
     y_eval: torch.Tensor | None = None,
     eval_every: int = 50,
+    monitor_every: int | None = None,
+    histograms: bool = False,
 ) -> TrainingHistory:
     """Train ``model`` in place on ``(x, y)`` by minibatch gradient descent; returns its history.
 
     Minibatches are drawn with their own generator seeded by ``seed``, so a run is repeatable
     and leaves the global RNG alone. The loss is MSE for float targets and cross-entropy for
     class indices. ``clip_norm`` clips the global gradient norm before each step. Without
-    held-out data the model is evaluated on ``(x, y)``.
+    held-out data the model is evaluated on ``(x, y)``. With ``monitor_every`` a
+    ``GradientMonitor`` records every that many steps (``histograms`` too, if asked) and comes
+    back as ``history.monitor``.
     """
     check_positive_int("steps", steps)
     check_positive_int("batch_size", batch_size)
@@ -65,10 +73,20 @@ def train(
     if len(x) != len(y):
         raise ValueError(f"x and y hold different numbers of examples: {len(x)} and {len(y)}")
     x_eval, y_eval = (x, y) if x_eval is None or y_eval is None else (x_eval, y_eval)
-    opt = torch.optim.Adam(params, lr=lr) if optimizer == "adam" else torch.optim.SGD(params, lr=lr)
+    opt = (
+        torch.optim.Adam(params, lr=lr)
+        if optimizer == "adam"
+        else torch.optim.SGD(params, lr=lr, momentum=momentum)
+    )
     generator = torch.Generator().manual_seed(seed)
     losses, eval_steps, eval_losses = [], [], []
-    with torch_seed(seed):  # dropout and the like draw from here, not from the caller's stream
+    monitor = None
+    if monitor_every is not None:
+        monitor = GradientMonitor(model, opt, every=monitor_every, histograms=histograms)
+    with (
+        torch_seed(seed),
+        monitor or contextlib.nullcontext(),
+    ):  # dropout and the like draw from here, not from the caller's stream
         for step in range(steps):
             index = torch.randint(0, len(x), (min(batch_size, len(x)),), generator=generator)
             opt.zero_grad(set_to_none=True)
@@ -82,4 +100,4 @@ def train(
                 with torch.no_grad():
                     eval_steps.append(step + 1)
                     eval_losses.append(float(_default_loss(model(x_eval), y_eval)))
-    return TrainingHistory(np.array(losses), np.array(eval_steps), np.array(eval_losses))
+    return TrainingHistory(np.array(losses), np.array(eval_steps), np.array(eval_losses), monitor)

@@ -111,3 +111,20 @@ def test_training_rejects_bad_arguments():
         vglib.train(model, x, y[:4], steps=1, lr=0.1)
     with pytest.raises(ValueError, match="no trainable parameters"):
         vglib.train(nn.Sequential(nn.ReLU()), x, y, steps=1, lr=0.1)
+
+
+def test_training_can_bring_a_monitor():
+    x, y = vglib.teacher_student(256, in_features=8, seed=0)
+    model = vglib.build_mlp(3, 16, "tanh", "xavier", seed=0, in_features=8)
+    history = vglib.train(model, x, y, steps=20, lr=0.05, optimizer="sgd", momentum=0.9, monitor_every=5)
+    table = history.monitor.table()
+    assert sorted(set(table.step.tolist())) == [0, 5, 10, 15]
+    assert all(not m._forward_hooks for m in model.modules())  # closed after training
+
+
+def test_teacher_student_has_unit_variance_and_one_teacher():
+    x, y = vglib.teacher_student(20_000, seed=0)
+    x_test, y_test = vglib.teacher_student(500, seed=1)
+    assert y.var().item() == pytest.approx(1.0, abs=0.05) and not torch.equal(x[:500], x_test)
+    _, y_again = vglib.teacher_student(500, seed=1)
+    assert torch.equal(y_again, y_test)
