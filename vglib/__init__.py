@@ -8,8 +8,32 @@ from . import widgets
 from ._seed import seed_everything, torch_seed
 from .activations import ACTIVATIONS, Activation, activation_derivative, get_activation
 from .data import ADDING_BASELINE_MSE, adding_problem, probe_batch, teacher_student
-from .initialization import INITS, init_layer, init_variance, init_weights, weight_layers
-from .models import ElmanRNN, build_gaussian_mlp, build_mlp, build_rnn
+from .harness import (
+    HARNESS_STEPS,
+    HARNESS_TASK,
+    HARNESS_THRESHOLD,
+    HarnessResult,
+    HarnessTable,
+    Remedy,
+    harness_data,
+    hidden_weight_layers,
+    run_harness,
+)
+from .initialization import INITS, init_layer, init_variance, init_weights, lsuv_init, weight_layers
+from .models import (
+    NORMS,
+    RECURRENT_KINDS,
+    SKIPS,
+    ElmanRNN,
+    GatedRNN,
+    HighwayBlock,
+    ResidualBlock,
+    build_gaussian_mlp,
+    build_mlp,
+    build_network,
+    build_recurrent,
+    build_rnn,
+)
 from .monitor import Diagnosis, GradientMonitor, MonitorTable, diagnose, loss_stalled
 from .plots import (
     UNDERFLOW_FLOOR,
@@ -56,7 +80,13 @@ __version__ = "0.1.0"
 __all__ = [
     "ACTIVATIONS",
     "ADDING_BASELINE_MSE",
+    "HARNESS_STEPS",
+    "HARNESS_TASK",
+    "HARNESS_THRESHOLD",
     "INITS",
+    "NORMS",
+    "RECURRENT_KINDS",
+    "SKIPS",
     "UNDERFLOW_FLOOR",
     "Activation",
     "Control",
@@ -64,11 +94,17 @@ __all__ = [
     "Diagnosis",
     "ElmanRNN",
     "ForwardStatistics",
+    "GatedRNN",
     "GradientExplorer",
     "GradientMonitor",
     "GradientProfile",
+    "HarnessResult",
+    "HarnessTable",
+    "HighwayBlock",
     "MonitorTable",
     "ProfileFigure",
+    "Remedy",
+    "ResidualBlock",
     "Series",
     "TrainingHistory",
     "activation_derivative",
@@ -76,6 +112,8 @@ __all__ = [
     "bptt_gradient_norms",
     "build_gaussian_mlp",
     "build_mlp",
+    "build_network",
+    "build_recurrent",
     "build_rnn",
     "chain_rule_bound",
     "chi",
@@ -89,11 +127,14 @@ __all__ = [
     "gradient_depth_scale",
     "gradient_explorer",
     "gradient_profile",
+    "harness_data",
+    "hidden_weight_layers",
     "init_layer",
     "init_variance",
     "init_weights",
     "jacobian_singular_values",
     "loss_stalled",
+    "lsuv_init",
     "plot_activation_derivatives",
     "plot_curves",
     "plot_gradient_heatmap",
@@ -106,6 +147,7 @@ __all__ = [
     "probe_batch",
     "relu_gradient_factor",
     "rnn_vanishing_radius",
+    "run_harness",
     "saturated_fraction",
     "saturation_threshold",
     "seed_everything",

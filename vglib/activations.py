@@ -46,7 +46,7 @@ class Activation:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the activation to a tensor."""
-        return self.make_module()(x)
+        return self.make_module().to(x.dtype)(x)
 
     def derivative(self, x: torch.Tensor) -> torch.Tensor:
         """``phi'(x)`` elementwise, by autograd through the module (so it matches training)."""
@@ -60,6 +60,13 @@ _REGISTRY: dict[str, Activation] = {
         Activation("tanh", nn.Tanh, 1.0, True, "hyperbolic tangent; phi' = 1 - phi^2"),
         Activation("relu", nn.ReLU, 1.0, False, "max(0, x); phi' is 0 or 1"),
         Activation("leaky_relu", nn.LeakyReLU, 1.0, False, "max(0.01x, x); phi' is 0.01 or 1"),
+        Activation(
+            "prelu",
+            nn.PReLU,
+            1.0,
+            False,
+            "max(0, x) + a min(0, x), a learned slope (one per layer) starting at 0.25 (He et al. 2015)",
+        ),
         Activation("elu", nn.ELU, 1.0, False, "x for x>0, e^x - 1 otherwise (alpha = 1)"),
         Activation(
             "selu",
@@ -99,5 +106,5 @@ def activation_derivative(name: str, x: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
     with torch.enable_grad():
         leaf = x.detach().clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(activation.make_module()(leaf).sum(), leaf)
+        (grad,) = torch.autograd.grad(activation.make_module().to(x.dtype)(leaf).sum(), leaf)
     return grad.detach()

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ._seed import torch_seed
-from ._validation import check_choice
+from ._validation import check_choice, check_positive_int
 
 __all__ = [
     "INITS",
@@ -32,6 +32,7 @@ __all__ = [
     "init_variance",
     "init_weights",
     "layer_seed",
+    "lsuv_init",
     "weight_layers",
 ]
 
@@ -126,4 +127,43 @@ def init_weights(model: nn.Module, scheme: str, *, seed: int = 0) -> nn.Module:
         )
     for index, (_, layer) in enumerate(layers):
         init_layer(layer, scheme, seed=layer_seed(seed, index))
+    return model
+
+
+@torch.no_grad()
+def lsuv_init(
+    model: nn.Module, x: torch.Tensor, *, tol: float = 0.05, max_iter: int = 10, seed: int = 0
+) -> nn.Module:
+    """Layer-sequential unit-variance init (Mishkin & Matas 2016), in place; returns ``model``.
+
+    Every Linear/Conv layer is first made orthogonal (``init_weights(model, "orthogonal")``);
+    then, layer by layer from the input, its weights are divided by the standard deviation of its
+    output on the batch ``x`` until that variance is within ``tol`` of 1 (at most ``max_iter``
+    passes per layer). Data-dependent: the scale comes from what the layer actually sees, whatever
+    the activation or architecture. BatchNorm statistics are left as they were.
+    """
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point torch.Tensor, got {type(x).__name__}")
+    if not tol > 0:
+        raise ValueError(f"tol must be > 0, got {tol!r}")
+    check_positive_int("max_iter", max_iter)
+    init_weights(model, "orthogonal", seed=seed)
+    buffers = [b.detach().clone() for b in model.buffers()]
+    try:
+        for _, layer in weight_layers(model):
+            seen: list[torch.Tensor] = []
+            handle = layer.register_forward_hook(lambda _m, _i, out, seen=seen: seen.append(out.detach()))
+            try:
+                for _ in range(max_iter):
+                    seen.clear()
+                    model(x)
+                    std = float(torch.cat([s.flatten() for s in seen]).std())
+                    if not math.isfinite(std) or std == 0.0 or abs(std * std - 1.0) < tol:
+                        break
+                    layer.weight.div_(std)
+            finally:
+                handle.remove()
+    finally:
+        for buffer, value in zip(model.buffers(), buffers, strict=True):
+            buffer.copy_(value)
     return model

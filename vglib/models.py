@@ -9,11 +9,26 @@ import torch
 from torch import nn
 from torch.nn.utils import skip_init
 
+from ._seed import torch_seed
 from ._validation import check_choice, check_positive_int
 from .activations import get_activation
 from .initialization import INITS, init_layer, layer_seed
 
-__all__ = ["HEAD_SEED_INDEX", "ElmanRNN", "build_gaussian_mlp", "build_mlp", "build_rnn"]
+__all__ = [
+    "HEAD_SEED_INDEX",
+    "NORMS",
+    "RECURRENT_KINDS",
+    "SKIPS",
+    "ElmanRNN",
+    "GatedRNN",
+    "HighwayBlock",
+    "ResidualBlock",
+    "build_gaussian_mlp",
+    "build_mlp",
+    "build_network",
+    "build_recurrent",
+    "build_rnn",
+]
 
 HEAD_SEED_INDEX = 2**32 - 1
 """The seed index of an MLP's head, apart from the hidden layers' 0, 1, 2, ... so that it is the
@@ -158,3 +173,172 @@ def build_rnn(
         radius = torch.linalg.eigvals(weight.double()).abs().max().item()
         weight.mul_(spectral_radius / radius)
     return model
+
+
+NORMS: tuple[str, ...] = ("none", "batch", "layer")
+"""Names accepted by ``build_network(norm=...)``: no normalisation, ``nn.BatchNorm1d``, ``nn.LayerNorm``."""
+SKIPS: tuple[str, ...] = ("none", "residual", "highway")
+"""Names accepted by ``build_network(skip=...)``."""
+_GATE_SEED_INDEX = 2**20
+"""Seed indices of highway gates start here, apart from the main layers' 0, 1, 2, ..."""
+
+
+def _norm_module(norm: str, width: int) -> nn.Module | None:
+    # affine=False keeps the comparison like with like: the same trainable weights as the plain net
+    if norm == "none":
+        return None
+    if norm == "batch":
+        return nn.BatchNorm1d(width, affine=False)
+    return nn.LayerNorm(width, elementwise_affine=False)
+
+
+class ResidualBlock(nn.Module):
+    """``h + scale * linear(act(norm(h)))``: the pre-activation residual block (He et al. 2016b)
+    with one weight layer. Its Jacobian is ``I + scale * W D``, so a gradient always has the
+    identity path around the block. ``scale`` < 1 (e.g. ``1/sqrt(depth)``) keeps the forward
+    variance from doubling per block, which it does at ``scale = 1`` with He init and no norm."""
+
+    def __init__(self, linear: nn.Linear, act: nn.Module, norm: nn.Module | None, scale: float):
+        super().__init__()
+        self.norm = norm
+        self.act = act
+        self.linear = linear
+        self.scale = scale
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        branch = self.act(self.norm(h) if self.norm is not None else h)
+        return h + self.scale * self.linear(branch)
+
+
+class HighwayBlock(nn.Module):
+    """``h + T(h) * (H(h) - h)`` with ``H = act(norm(linear(h)))`` and the transform gate
+    ``T = sigmoid(gate(h))`` (Srivastava et al. 2015). A negative gate bias makes ``T`` small at
+    init, so the block starts close to the identity and the gradient passes through ``1 - T``."""
+
+    def __init__(self, linear: nn.Linear, act: nn.Module, norm: nn.Module | None, gate: nn.Linear):
+        super().__init__()
+        self.linear = linear
+        self.norm = norm
+        self.act = act
+        self.gate = gate
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        z = self.linear(h)
+        transformed = self.act(self.norm(z) if self.norm is not None else z)
+        t = torch.sigmoid(self.gate(h))
+        return h + t * (transformed - h)
+
+
+@torch.no_grad()
+def build_network(
+    depth: int,
+    width: int,
+    activation: str = "relu",
+    init: str = "he",
+    seed: int = 0,
+    *,
+    norm: str = "none",
+    skip: str = "none",
+    residual_scale: float = 1.0,
+    gate_bias: float = -2.0,
+    in_features: int | None = None,
+    out_features: int = 1,
+) -> nn.Sequential:
+    """``build_mlp`` with the architectural remedies: normalisation and skip connections.
+
+    ``depth`` counts the hidden weight layers, as in ``build_mlp``. The first block
+    (``linear1``, ``norm1``, ``act1``) maps the input to ``width``; with ``skip="none"`` the others
+    follow the same pattern (Linear -> norm -> activation, the placement of Ioffe & Szegedy 2015),
+    and with ``norm="none"`` the model *is* ``build_mlp``'s. With ``skip="residual"`` or
+    ``"highway"`` blocks 2..depth are ``ResidualBlock``/``HighwayBlock`` modules named
+    ``block2``... whose weight layer is ``block{i}.linear``. The weight layer of block ``i`` is drawn
+    from the same seed in every variant, so a plain net and its residual or highway version start
+    from the same weights and differ only in the architecture. Norm layers have no affine
+    parameters. Highway gates are drawn with ``init`` too, and their biases set to ``gate_bias``.
+    """
+    check_positive_int("depth", depth)
+    check_positive_int("width", width)
+    check_choice("norm", norm, NORMS)
+    check_choice("skip", skip, SKIPS)
+    if not residual_scale > 0:
+        raise ValueError(f"residual_scale must be > 0, got {residual_scale!r}")
+    mlp = build_mlp(depth, width, activation, init, seed, in_features=in_features, out_features=out_features)
+    if norm == "none" and skip == "none":
+        return mlp
+    act = get_activation(activation)
+    modules: OrderedDict[str, nn.Module] = OrderedDict()
+    for index in range(depth):
+        linear = mlp.get_submodule(f"linear{index + 1}")
+        layer_norm = _norm_module(norm, width)
+        if index == 0 or skip == "none":
+            modules[f"linear{index + 1}"] = linear
+            if layer_norm is not None:
+                modules[f"norm{index + 1}"] = layer_norm
+            modules[f"act{index + 1}"] = act.make_module()
+        elif skip == "residual":
+            block = ResidualBlock(linear, act.make_module(), layer_norm, residual_scale)
+            modules[f"block{index + 1}"] = block
+        else:
+            gate = skip_init(nn.Linear, width, width)
+            init_layer(gate, init, seed=layer_seed(seed, _GATE_SEED_INDEX + index))
+            gate.bias.fill_(gate_bias)
+            modules[f"block{index + 1}"] = HighwayBlock(linear, act.make_module(), layer_norm, gate)
+    modules["head"] = mlp.head
+    return nn.Sequential(modules)
+
+
+RECURRENT_KINDS: tuple[str, ...] = ("tanh", "irnn", "lstm", "gru")
+"""Names accepted by ``build_recurrent``."""
+
+
+class GatedRNN(nn.Module):
+    """``nn.LSTM`` or ``nn.GRU`` (one layer, batch first) with a Linear head on the last state."""
+
+    def __init__(self, cell: nn.Module, head: nn.Linear):
+        super().__init__()
+        self.cell = cell
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if x.ndim != 3 or x.shape[-1] != self.cell.input_size:
+            raise ValueError(f"x must have shape (batch, time, {self.cell.input_size}), got {tuple(x.shape)}")
+        return self.head(self.cell(x)[0][:, -1])
+
+
+@torch.no_grad()
+def build_recurrent(
+    kind: str,
+    hidden: int,
+    seed: int = 0,
+    *,
+    input_size: int = 2,
+    out_features: int = 1,
+    forget_bias: float = 1.0,
+) -> nn.Module:
+    """A one-layer recurrent regressor of the kind the adding problem needs.
+
+    - ``"tanh"``: ``build_rnn`` with tanh and an orthogonal recurrent matrix (spectral radius 1);
+    - ``"irnn"``: ReLU with the identity as recurrent matrix (Le et al. 2015);
+    - ``"lstm"``: ``nn.LSTM`` (Hochreiter & Schmidhuber 1997) with forget-gate bias ``forget_bias``
+      (1 is the usual choice, Gers et al. 2000; Jozefowicz et al. 2015), PyTorch's init otherwise;
+    - ``"gru"``: ``nn.GRU`` (Cho et al. 2014), PyTorch's init.
+
+    All take ``(batch, time, input_size)`` and return ``(batch, out_features)``; same seed, same weights.
+    """
+    check_choice("kind", kind, RECURRENT_KINDS)
+    check_positive_int("hidden", hidden)
+    if kind == "tanh":
+        return build_rnn(hidden, "tanh", 1.0, seed, input_size=input_size, out_features=out_features)
+    if kind == "irnn":
+        return build_rnn(
+            hidden, "relu", None, seed, recurrent_init="identity", input_size=input_size,
+            out_features=out_features,
+        )  # fmt: skip
+    with torch_seed(seed):
+        cell_type = nn.LSTM if kind == "lstm" else nn.GRU
+        cell = cell_type(input_size, hidden, batch_first=True)
+        head = nn.Linear(hidden, out_features)
+    if kind == "lstm":  # gate order in PyTorch: input, forget, cell, output
+        for bias in (cell.bias_ih_l0, cell.bias_hh_l0):
+            bias[hidden : 2 * hidden] = forget_bias / 2
+    return GatedRNN(cell, head)

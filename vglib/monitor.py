@@ -39,7 +39,7 @@ __all__ = [
 # a unit is saturated where phi'(z) < 10% of its maximum, which for these two is a test on h.
 _ACTIVATIONS: dict[type[nn.Module], str] = {
     nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu",
-    nn.ELU: "elu", nn.SELU: "selu", nn.GELU: "gelu",
+    nn.ELU: "elu", nn.SELU: "selu", nn.GELU: "gelu", nn.PReLU: "prelu",
 }  # fmt: skip
 _SATURATED: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "sigmoid": lambda h: h * (1 - h) < 0.1 * 0.25,  # sigmoid' = h (1 - h)

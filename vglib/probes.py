@@ -227,7 +227,9 @@ class ForwardStatistics:
     the units (what mean-field theory calls ``q_l``). With an ``activation`` given,
     ``activation_second_moment`` is ``E[phi(z_l)^2]``, ``saturated_fraction`` the fraction of
     (example, unit) pairs with ``phi'(z) < SATURATION_THRESHOLD * sup phi'`` and ``dead_fraction``
-    the fraction of units with ``phi'(z) = 0`` for every example of the batch; otherwise NaN.
+    the fraction of units with ``phi'(z) = 0`` for every example of the batch, and
+    ``activation_mean``/``activation_variance`` the mean and variance of ``phi(z_l)`` over the
+    batch and the units (what self-normalising networks keep at 0 and 1); otherwise NaN.
     """
 
     layer_names: tuple[str, ...]
@@ -235,6 +237,8 @@ class ForwardStatistics:
     activation_second_moment: np.ndarray
     saturated_fraction: np.ndarray
     dead_fraction: np.ndarray
+    activation_mean: np.ndarray
+    activation_variance: np.ndarray
 
 
 @torch.no_grad()
@@ -265,17 +269,28 @@ def forward_statistics(model: nn.Module, x: torch.Tensor, activation: str | None
     nan = np.full(len(hidden), np.nan)
     variance = np.array([float(z.double().var()) for _, z in hidden])
     if act is None:
-        return ForwardStatistics(tuple(n for n, _ in hidden), variance, nan, nan.copy(), nan.copy())
-    second, saturated, dead = [], [], []
+        return ForwardStatistics(
+            tuple(n for n, _ in hidden), variance, nan, nan.copy(), nan.copy(), nan.copy(), nan.copy()
+        )
+    second, saturated, dead, mean, var = [], [], [], [], []
     for _, z in hidden:
         z = z.double()
         slope = act.derivative(z)
-        second.append(float(act(z).pow(2).mean()))
+        h = act(z)
+        second.append(float(h.pow(2).mean()))
+        mean.append(float(h.mean()))
+        var.append(float(h.var()))
         saturated.append(float((slope < SATURATION_THRESHOLD * act.derivative_bound).double().mean()))
         per_unit = slope.transpose(0, 1).reshape(slope.shape[1], -1)  # (units, examples...)
         dead.append(float((per_unit == 0).all(dim=1).double().mean()))
     return ForwardStatistics(
-        tuple(n for n, _ in hidden), variance, np.array(second), np.array(saturated), np.array(dead)
+        tuple(n for n, _ in hidden),
+        variance,
+        np.array(second),
+        np.array(saturated),
+        np.array(dead),
+        np.array(mean),
+        np.array(var),
     )
 
 

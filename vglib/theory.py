@@ -95,7 +95,7 @@ def _hermite_rule() -> tuple[np.ndarray, np.ndarray]:
 def _phi(activation: str) -> tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]:
     """``phi`` and ``phi'`` of a named activation as float64 NumPy functions (one module, reused)."""
     act = get_activation(activation)
-    module = act.make_module()
+    module = act.make_module().double()  # float64 throughout (PReLU's slope included)
 
     def value(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():

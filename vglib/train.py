@@ -46,6 +46,7 @@ def train(
     momentum: float = 0.0,
     seed: int = 0,
     clip_norm: float | None = None,
+    clip_value: float | None = None,
     x_eval: torch.Tensor | None = None,
     y_eval: torch.Tensor | None = None,
     eval_every: int = 50,
@@ -56,7 +57,9 @@ def train(
 
     Minibatches are drawn with their own generator seeded by ``seed``, so a run is repeatable
     and leaves the global RNG alone. The loss is MSE for float targets and cross-entropy for
-    class indices. ``clip_norm`` clips the global gradient norm before each step. Without
+    class indices. ``clip_norm`` rescales the gradient so that its global norm is at most
+    ``clip_norm`` (Pascanu et al. 2013); ``clip_value`` clamps every component to
+    ``[-clip_value, clip_value]``; both apply before each step, norm first. Without
     held-out data the model is evaluated on ``(x, y)``. With ``monitor_every`` a
     ``GradientMonitor`` records every that many steps (``histograms`` too, if asked) and comes
     back as ``history.monitor``.
@@ -67,6 +70,9 @@ def train(
     check_choice("optimizer", optimizer, OPTIMIZERS)
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")
+    for name, value in (("clip_norm", clip_norm), ("clip_value", clip_value)):
+        if value is not None and not value > 0:
+            raise ValueError(f"{name} must be > 0 or None, got {value!r}")
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"{type(model).__name__} has no trainable parameters")
@@ -94,6 +100,8 @@ def train(
             loss.backward()
             if clip_norm is not None:
                 nn.utils.clip_grad_norm_(params, clip_norm)
+            if clip_value is not None:
+                nn.utils.clip_grad_value_(params, clip_value)
             opt.step()
             losses.append(float(loss.detach()))
             if (step + 1) % eval_every == 0 or step == steps - 1:

@@ -1,0 +1,263 @@
+"""The common harness of the Remedies part: every remedy trained on the same task, for the same
+budget, with the gradient monitor on, and measured the same way.
+
+``Remedy`` names one configuration (architecture, initialisation, optimiser, clipping);
+``run_harness`` trains it on ``HARNESS_TASK`` and returns a ``HarnessResult``:
+
+- ``gradient_ratio``: ``||dL/dW_1|| / ||dL/dW_L||``, first over last hidden weight layer, at
+  the first step (before any update), as the monitor recorded it. Near 1 is healthy; ``1e-3``
+  or less means the input side learns a thousand times more slowly (vanishing), ``1e3`` or more
+  exploding.
+- ``steps_to_threshold``: the first evaluation step at which the held-out loss is at most
+  ``HARNESS_THRESHOLD`` (``None``: never within the budget).
+- ``final_loss``: the held-out loss at the end (``inf`` if training diverged).
+
+The task is ``teacher_student``: predicting 0 scores a loss of about 1, a network that learns
+nothing useful stays near it, and the threshold of 0.5 needs the network to use its input.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, replace
+from functools import cache
+from html import escape
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._seed import torch_seed
+from ._validation import check_positive_int
+from .data import teacher_student
+from .initialization import lsuv_init, weight_layers
+from .models import build_network
+from .train import TrainingHistory, train
+
+__all__ = [
+    "HARNESS_BATCH",
+    "HARNESS_EVAL_EVERY",
+    "HARNESS_MONITOR_EVERY",
+    "HARNESS_STEPS",
+    "HARNESS_TASK",
+    "HARNESS_THRESHOLD",
+    "HarnessResult",
+    "HarnessTable",
+    "Remedy",
+    "harness_data",
+    "hidden_weight_layers",
+    "run_harness",
+]
+
+HARNESS_TASK = {"in_features": 16, "n_train": 2048, "n_test": 1024, "train_seed": 0, "test_seed": 1}
+"""The fixed synthetic task: ``teacher_student`` with these sizes and seeds."""
+HARNESS_STEPS = 400
+"""Training steps of the fixed budget."""
+HARNESS_BATCH = 64
+HARNESS_THRESHOLD = 0.5
+"""The held-out loss that counts as "trains": half the loss of predicting 0."""
+HARNESS_EVAL_EVERY = 10
+HARNESS_MONITOR_EVERY = 20
+
+
+@dataclass(frozen=True)
+class Remedy:
+    """One configuration of the harness. Architecture arguments are ``build_network``'s;
+    ``lsuv`` re-initialises with ``lsuv_init`` on a training batch; the optimiser is SGD with
+    momentum (which, unlike Adam, does not rescale small gradients, so what the architecture does
+    to them shows) unless ``optimizer="adam"``."""
+
+    label: str
+    activation: str = "relu"
+    init: str = "he"
+    depth: int = 30
+    width: int = 64
+    norm: str = "none"
+    skip: str = "none"
+    residual_scale: float = 1.0
+    gate_bias: float = -2.0
+    lsuv: bool = False
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    clip_norm: float | None = None
+    clip_value: float | None = None
+
+    def but(self, label: str, **changes: object) -> Remedy:
+        """A copy with a new label and some fields changed."""
+        return replace(self, label=label, **changes)  # type: ignore[arg-type]
+
+    def build(self, seed: int = 0) -> nn.Sequential:
+        """The configured network, initialised (LSUV included) from ``seed``."""
+        model = build_network(
+            self.depth,
+            self.width,
+            self.activation,
+            self.init,
+            seed,
+            norm=self.norm,
+            skip=self.skip,
+            residual_scale=self.residual_scale,
+            gate_bias=self.gate_bias,
+            in_features=HARNESS_TASK["in_features"],
+        )
+        if self.lsuv:
+            x, _ = harness_data()[0]
+            lsuv_init(model, x[:256], seed=seed)
+        return model
+
+
+@dataclass(frozen=True)
+class HarnessResult:
+    """What ``run_harness`` measured for one ``Remedy`` (see the module docstring)."""
+
+    remedy: Remedy
+    gradient_ratio: float
+    steps_to_threshold: int | None
+    final_loss: float
+    threshold: float
+    history: TrainingHistory = field(repr=False)
+
+    @property
+    def trains(self) -> bool:
+        """Whether the held-out loss reached the threshold within the budget."""
+        return self.steps_to_threshold is not None
+
+
+@cache
+def harness_data() -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """``((x_train, y_train), (x_test, y_test))`` of ``HARNESS_TASK`` (made once, then cached)."""
+    t = HARNESS_TASK
+    train_set = teacher_student(t["n_train"], t["in_features"], seed=t["train_seed"])
+    test_set = teacher_student(t["n_test"], t["in_features"], seed=t["test_seed"])
+    return train_set, test_set
+
+
+def hidden_weight_layers(model: nn.Module) -> list[str]:
+    """Names of the hidden weight layers, input side first: every Linear/Conv layer but the last
+    registered (the head), and not the gates of highway blocks (their path is a side road)."""
+    names = [name for name, _ in weight_layers(model)][:-1]
+    return [n for n in names if not n.endswith("gate")]
+
+
+def run_harness(
+    remedy: Remedy,
+    *,
+    steps: int = HARNESS_STEPS,
+    threshold: float = HARNESS_THRESHOLD,
+    seed: int = 0,
+) -> HarnessResult:
+    """Train ``remedy`` on the harness task for ``steps`` steps with the monitor on; measure it."""
+    if not isinstance(remedy, Remedy):
+        raise TypeError(f"remedy must be a vglib.Remedy, got {type(remedy).__name__}")
+    check_positive_int("steps", steps)
+    if not threshold > 0:
+        raise ValueError(f"threshold must be > 0, got {threshold!r}")
+    (x, y), (x_test, y_test) = harness_data()
+    with torch_seed(seed):
+        model = remedy.build(seed)
+    hidden = hidden_weight_layers(model)
+    if len(hidden) < 2:
+        raise ValueError(
+            f"the harness compares the first and last hidden layers: depth must be >= 2, got {remedy.depth}"
+        )
+    with np.errstate(all="ignore"):
+        history = train(
+            model,
+            x,
+            y,
+            steps=steps,
+            lr=remedy.lr,
+            batch_size=HARNESS_BATCH,
+            optimizer=remedy.optimizer,
+            momentum=remedy.momentum,
+            seed=seed,
+            clip_norm=remedy.clip_norm,
+            clip_value=remedy.clip_value,
+            x_eval=x_test,
+            y_eval=y_test,
+            eval_every=HARNESS_EVAL_EVERY,
+            monitor_every=HARNESS_MONITOR_EVERY,
+        )
+    table = history.monitor.table()  # type: ignore[union-attr]
+    first_step = table.step == table.step.min()
+    grads = {n: g for n, g in zip(table.layer[first_step], table["grad_norm"][first_step], strict=True)}
+    ratio = _ratio(grads[hidden[0]], grads[hidden[-1]])
+    reached = np.nonzero(history.eval_loss <= threshold)[0]
+    final = float(history.eval_loss[-1])
+    return HarnessResult(
+        remedy=remedy,
+        gradient_ratio=ratio,
+        steps_to_threshold=int(history.eval_steps[reached[0]]) if len(reached) else None,
+        final_loss=final if math.isfinite(final) else math.inf,
+        threshold=threshold,
+        history=history,
+    )
+
+
+def _ratio(first: float, last: float) -> float:
+    if last == 0.0:
+        return math.nan if first == 0.0 else math.inf
+    return first / last
+
+
+class HarnessTable:
+    """Harness results side by side; prints as text and shows as an HTML table in a notebook."""
+
+    def __init__(self, results: Iterable[HarnessResult]):
+        self.results = list(results)
+        if not self.results:
+            raise ValueError("a HarnessTable needs at least one HarnessResult")
+        if not all(isinstance(r, HarnessResult) for r in self.results):
+            raise TypeError("a HarnessTable takes HarnessResult objects (from run_harness)")
+        thresholds = sorted({r.threshold for r in self.results})
+        self.header = (
+            "remedy",
+            "grad ratio at init",
+            f"steps to loss {'/'.join(f'{t:g}' for t in thresholds)}",
+            "final loss",
+        )
+
+    def rows(self) -> list[tuple[str, str, str, str]]:
+        """Each result as formatted cells."""
+        return [
+            (
+                r.remedy.label,
+                f"{r.gradient_ratio:.1e}",
+                str(r.steps_to_threshold) if r.trains else f"not in {len(r.history.loss)}",
+                f"{r.final_loss:.3f}" if math.isfinite(r.final_loss) else "diverged",
+            )
+            for r in self.results
+        ]
+
+    def __repr__(self) -> str:
+        rows = [self.header, *self.rows()]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(self.header))]
+
+        def line(row: tuple[str, ...]) -> str:
+            cells = zip(row, widths, strict=True)
+            return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(cells))
+
+        lines = [line(row) for row in rows]
+        lines.insert(1, "-" * len(lines[0]))
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{escape(h)}</th>" for h in self.header)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in self.rows()
+        )
+        return f'<table class="vg-harness"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+    def as_dicts(self) -> list[dict[str, object]]:
+        """One dict per result: the remedy's fields and the three measurements."""
+        return [
+            {
+                **asdict(r.remedy),
+                "gradient_ratio": r.gradient_ratio,
+                "steps_to_threshold": r.steps_to_threshold,
+                "final_loss": r.final_loss,
+            }
+            for r in self.results
+        ]
