@@ -1,0 +1,100 @@
+"""The common harness of the Remedies part: what it measures, measured independently."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+import vglib
+from vglib.harness import HARNESS_BATCH
+
+
+def test_gradient_ratio_is_the_first_minibatch_gradient_ratio_at_init():
+    remedy = vglib.Remedy("tanh", activation="tanh", init="xavier", depth=6, width=32)
+    result = vglib.run_harness(remedy, steps=5)
+    # by hand: the same model, the same first minibatch (train() draws it from a generator seeded
+    # with the seed), one backward pass
+    (x, y), _ = vglib.harness_data()
+    model = remedy.build(0)
+    index = torch.randint(0, len(x), (HARNESS_BATCH,), generator=torch.Generator().manual_seed(0))
+    F.mse_loss(model(x[index]), y[index]).backward()
+
+    def layer_grad(name):
+        module = model.get_submodule(name)
+        return math.sqrt(sum(float(p.grad.pow(2).sum()) for p in module.parameters()))
+
+    assert vglib.hidden_weight_layers(model) == [f"linear{i}" for i in range(1, 7)]
+    assert result.gradient_ratio == pytest.approx(layer_grad("linear1") / layer_grad("linear6"), rel=1e-5)
+
+
+def test_steps_to_threshold_and_final_loss_come_from_the_held_out_curve():
+    result = vglib.run_harness(
+        vglib.Remedy("tanh", activation="tanh", init="xavier", depth=4, width=32), steps=60
+    )
+    history = result.history
+    assert result.final_loss == pytest.approx(history.eval_loss[-1])
+    assert result.trains
+    first = int(np.argmax(history.eval_loss <= result.threshold))
+    assert result.steps_to_threshold == history.eval_steps[first]
+    assert np.all(history.eval_loss[:first] > result.threshold)
+    assert len(history.loss) == 60 and history.monitor is not None
+
+
+def test_a_vanishing_configuration_measures_as_vanishing_and_does_not_train():
+    vanishing = vglib.run_harness(
+        vglib.Remedy("sigmoid", activation="sigmoid", init="default", depth=20), steps=100
+    )
+    healthy = vglib.run_harness(vglib.Remedy("relu he", depth=20), steps=100)
+    assert vanishing.gradient_ratio < 1e-12
+    assert not vanishing.trains and vanishing.final_loss > 0.9  # near the loss of predicting 0
+    assert 1e-2 < healthy.gradient_ratio < 1e2
+
+
+def test_the_harness_is_deterministic_and_lsuv_is_applied():
+    remedy = vglib.Remedy("lsuv", depth=5, width=32, lsuv=True)
+    a, b = vglib.run_harness(remedy, steps=20), vglib.run_harness(remedy, steps=20)
+    assert np.array_equal(a.history.loss, b.history.loss)
+    plain = remedy.but("orthogonal", init="orthogonal", lsuv=False).build()
+    lsuv = remedy.build()
+    assert not torch.equal(plain.linear2.weight, lsuv.linear2.weight)
+    # LSUV rescales orthogonal weights: the directions are the same
+    cos = F.cosine_similarity(
+        plain.linear2.weight.detach().flatten(), lsuv.linear2.weight.detach().flatten(), dim=0
+    )
+    assert float(cos) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_divergence_is_reported_as_infinite_loss():
+    result = vglib.run_harness(vglib.Remedy("too fast", depth=5, lr=50.0), steps=30)
+    assert result.final_loss == math.inf and not result.trains
+    assert "diverged" in repr(vglib.HarnessTable([result]))
+
+
+def test_table_shows_every_result_as_text_and_html():
+    results = [
+        vglib.run_harness(vglib.Remedy(label, activation=act, init=init, depth=3, width=16), steps=20)
+        for label, act, init in (("a <tanh>", "tanh", "xavier"), ("b relu", "relu", "he"))
+    ]
+    table = vglib.HarnessTable(results)
+    text = repr(table)
+    assert "a <tanh>" in text and "b relu" in text and "steps to loss 0.5" in text
+    assert "&lt;tanh&gt;" in table._repr_html_() and table._repr_html_().count("<tr>") == 3
+    dicts = table.as_dicts()
+    assert dicts[1]["activation"] == "relu" and dicts[1]["final_loss"] == results[1].final_loss
+
+
+def test_bad_input_is_refused_clearly():
+    with pytest.raises(TypeError, match="Remedy"):
+        vglib.run_harness({"activation": "relu"})
+    with pytest.raises(ValueError, match="depth must be >= 2"):
+        vglib.run_harness(vglib.Remedy("shallow", depth=1), steps=1)
+    with pytest.raises(ValueError, match="unknown activation"):
+        vglib.run_harness(vglib.Remedy("typo", activation="rleu"), steps=1)
+    with pytest.raises(ValueError, match="at least one"):
+        vglib.HarnessTable([])
+    with pytest.raises(TypeError, match="HarnessResult"):
+        vglib.HarnessTable(["not a result"])
+    with pytest.raises(ValueError, match="threshold"):
+        vglib.run_harness(vglib.Remedy("x", depth=2), threshold=0)
