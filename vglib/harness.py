@@ -79,7 +79,7 @@ class Remedy:
     gate_bias: float = -2.0
     lsuv: bool = False
     optimizer: str = "sgd"
-    lr: float = 0.01
+    lr: float = 1e-3
     momentum: float = 0.9
     clip_norm: float | None = None
     clip_value: float | None = None

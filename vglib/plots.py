@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
 from .activations import get_activation
+from .harness import HarnessResult
 from .monitor import MonitorTable
 from .probes import GradientProfile
 from .train import TrainingHistory
@@ -36,6 +37,7 @@ __all__ = [
     "plot_curves",
     "plot_gradient_heatmap",
     "plot_gradient_profile",
+    "plot_harness_results",
     "plot_histograms_over_training",
     "plot_order_to_chaos",
     "plot_training_curves",
@@ -447,4 +449,43 @@ def plot_histograms_over_training(
     ax.imshow(np.log1p(counts.T), origin="lower", aspect="auto", cmap="magma", interpolation="nearest",
               extent=(steps[0] - 0.5, steps[-1] + 0.5, edges[0], edges[-1]))  # fmt: skip
     ax.set(xlabel="training step", ylabel="value", title=title)
+    return fig
+
+
+def plot_harness_results(results: Sequence[HarnessResult]) -> Figure:
+    """The harness's measurements side by side, one row per remedy (top row first): left, the
+    first/last-layer gradient ratio at init on a log axis centred on 1 (bars grow left when
+    gradients vanish, right when they explode); right, the final held-out loss with the threshold
+    (a diverged run is marked at the right edge)."""
+    if not results:
+        raise ValueError("plot_harness_results needs at least one HarnessResult")
+    labels = [r.remedy.label for r in results]
+    y = np.arange(len(results))[::-1]
+    fig = _new_figure(7.6, 0.9 + 0.26 * len(results))
+    left, right = fig.subplots(1, 2, sharey=True, width_ratios=(1.3, 1.0))
+    ratios = np.array([r.gradient_ratio for r in results], dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.log10(np.clip(np.nan_to_num(ratios, nan=1.0), 1e-45, 1e39))
+    colors = [OKABE_ITO[0] if value < 0 else OKABE_ITO[1] for value in logs]
+    left.barh(y, logs, color=colors, height=0.7)
+    left.axvline(0.0, color="black", linewidth=0.8)
+    for edge in (-3.0, 3.0):
+        left.axvline(edge, color="grey", linewidth=0.8, linestyle=":")
+    left.set_yticks(y, labels, fontsize=8)
+    left.set(xlabel="log10 (first / last layer gradient) at init", title="gradient ratio at init")
+    left.grid(True, axis="x", alpha=0.3)
+    finals = np.array([r.final_loss for r in results], dtype=np.float64)
+    finite = finals[np.isfinite(finals)]
+    top = max(1.2, float(finite.max()) * 1.05) if len(finite) else 1.2
+    shown = np.where(np.isfinite(finals), finals, top)
+    right.barh(y, shown, color=[OKABE_ITO[2] if r.trains else "#999999" for r in results], height=0.7)
+    for row, final in zip(y, finals, strict=True):
+        if not np.isfinite(final):
+            right.text(top, row, " diverged", va="center", ha="right", fontsize=7, color="white")
+    threshold = results[0].threshold
+    right.axvline(threshold, color=OKABE_ITO[1], linestyle="--", linewidth=1, label=f"loss {threshold:g}")
+    right.set_xlim(0, top)
+    right.set(xlabel="held-out loss after the budget", title="final loss (green: reached the threshold)")
+    right.legend(fontsize=7, loc="lower right", framealpha=1.0)
+    right.grid(True, axis="x", alpha=0.3)
     return fig

@@ -143,3 +143,25 @@ def test_plot_curves_pairs_dashed_theory_with_its_measurement():
     assert theory.get_linestyle() == "--"
     with pytest.raises(ValueError, match="at least one"):
         vglib.plot_curves(np.arange(2), {}, xlabel="x", ylabel="y")
+
+
+def test_harness_figure_shows_each_remedy_with_its_ratio_and_loss():
+    results = [
+        vglib.run_harness(vglib.Remedy(label, activation=act, init=init, depth=4, width=16, lr=lr), steps=20)
+        for label, act, init, lr in (
+            ("vanishing", "sigmoid", "default", 1e-3),
+            ("diverges", "relu", "he", 50.0),
+        )
+    ]
+    fig = vglib.plot_harness_results(results)
+    left, right = fig.axes
+    rows = {t.get_text(): y for t, y in zip(left.get_yticklabels(), left.get_yticks(), strict=True)}
+    assert rows["vanishing"] > rows["diverges"]  # first result on top
+    widths = sorted((bar.get_y(), bar.get_width()) for bar in left.patches)
+    expected = sorted((row, np.log10(r.gradient_ratio)) for row, r in zip((1, 0), results, strict=True))
+    assert [w for _, w in widths] == pytest.approx([np.clip(w, -45, 39) for _, w in expected], rel=1e-6)
+    assert any(
+        t.get_text().strip() == "diverged" for t in right.texts
+    )  # an infinite loss is marked, not lost
+    with pytest.raises(ValueError, match="at least one"):
+        vglib.plot_harness_results([])
