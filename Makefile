@@ -76,6 +76,8 @@ notebooks: $(STAMP)
 
 benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/explorer_latency.py
+	$(BIN)/python benchmarks/monitor_overhead.py
+	$(BIN)/python benchmarks/chapter_times.py
 
 clean:
 	rm -rf _build _site_assets node_modules $(VENV)
