@@ -77,6 +77,7 @@ notebooks: $(STAMP)
 benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/explorer_latency.py
 	$(BIN)/python benchmarks/monitor_overhead.py
+	$(BIN)/python benchmarks/activation_cost.py
 	$(BIN)/python benchmarks/chapter_times.py
 
 clean:
