@@ -78,6 +78,7 @@ benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/explorer_latency.py
 	$(BIN)/python benchmarks/monitor_overhead.py
 	$(BIN)/python benchmarks/activation_cost.py
+	$(BIN)/python benchmarks/recurrent_cost.py
 	$(BIN)/python benchmarks/chapter_times.py
 
 clean:
