@@ -57,6 +57,7 @@ from .probes import (
     forward_statistics,
     gradient_profile,
     jacobian_singular_values,
+    saved_for_backward_megabytes,
 )
 from .static import Control
 from .theory import (
@@ -152,6 +153,7 @@ __all__ = [
     "run_harness",
     "saturated_fraction",
     "saturation_threshold",
+    "saved_for_backward_megabytes",
     "seed_everything",
     "teacher_student",
     "torch_seed",

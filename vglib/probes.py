@@ -29,6 +29,7 @@ __all__ = [
     "forward_statistics",
     "gradient_profile",
     "jacobian_singular_values",
+    "saved_for_backward_megabytes",
 ]
 
 SATURATION_THRESHOLD = 0.1
@@ -339,3 +340,28 @@ def jacobian_singular_values(module: nn.Module, x: torch.Tensor) -> np.ndarray:
     with torch.enable_grad():
         jacobian = torch.func.jacrev(flat)(x.detach())
     return torch.linalg.svdvals(jacobian.detach().double()).numpy()
+
+
+def saved_for_backward_megabytes(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn | None = None
+) -> float:
+    """Megabytes of the distinct tensors autograd keeps from one forward pass for the backward
+    pass (activations, masks, normalisation statistics; a tensor saved twice counts once): the
+    memory a remedy costs on top of the weights. The model's buffers are left as they were."""
+    _check_tensor("x", x)
+    _check_tensor("y", y)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    seen: dict[tuple[int, torch.Size], int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        seen[t.data_ptr(), t.shape] = t.numel() * t.element_size()
+        return t
+
+    with (
+        _buffers_kept(model),
+        torch.enable_grad(),
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+    ):
+        (loss_fn or _default_loss)(model(x), y)
+    return sum(seen.values()) / 2**20

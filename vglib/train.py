@@ -12,7 +12,7 @@ from torch import nn
 from ._seed import torch_seed
 from ._validation import check_choice, check_positive_int
 from .monitor import GradientMonitor
-from .probes import _default_loss
+from .probes import _buffers_kept, _default_loss
 
 __all__ = ["OPTIMIZERS", "TrainingHistory", "train"]
 
@@ -60,9 +60,11 @@ def train(
     class indices. ``clip_norm`` rescales the gradient so that its global norm is at most
     ``clip_norm`` (Pascanu et al. 2013); ``clip_value`` clamps every component to
     ``[-clip_value, clip_value]``; both apply before each step, norm first. Without
-    held-out data the model is evaluated on ``(x, y)``. With ``monitor_every`` a
-    ``GradientMonitor`` records every that many steps (``histograms`` too, if asked) and comes
-    back as ``history.monitor``.
+    held-out data the model is evaluated on ``(x, y)``. Evaluation runs in the model's current
+    mode (batch norm in training mode normalises with the held-out set's own statistics) and
+    leaves its buffers as they were, so held-out data never leaks into running statistics. With
+    ``monitor_every`` a ``GradientMonitor`` records every that many steps (``histograms`` too, if
+    asked) and comes back as ``history.monitor``.
     """
     check_positive_int("steps", steps)
     check_positive_int("batch_size", batch_size)
@@ -105,7 +107,7 @@ def train(
             opt.step()
             losses.append(float(loss.detach()))
             if (step + 1) % eval_every == 0 or step == steps - 1:
-                with torch.no_grad():
+                with torch.no_grad(), _buffers_kept(model):  # held-out data never enters running stats
                     eval_steps.append(step + 1)
                     eval_losses.append(float(_default_loss(model(x_eval), y_eval)))
     return TrainingHistory(np.array(losses), np.array(eval_steps), np.array(eval_losses), monitor)

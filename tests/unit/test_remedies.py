@@ -218,3 +218,33 @@ def test_norm_clipping_leaves_the_first_to_last_gradient_ratio_exactly_as_it_was
     clipped = float(model.linear1.weight.grad.norm() / model.linear12.weight.grad.norm())
     assert clipped == pytest.approx(ratio, rel=1e-5)
     assert float(model.linear1.weight.grad.norm()) < float(grads[0].norm())
+
+
+def test_held_out_data_never_enters_batch_norm_running_statistics():
+    model = vglib.build_network(2, 8, "relu", "he", norm="batch", in_features=4)
+    x, y = torch.randn(64, 4), torch.randn(64, 1)
+    x_far = torch.randn(64, 4) + 100.0  # held-out inputs far from the training ones
+    vglib.train(model, x, y, steps=3, lr=1e-3, x_eval=x_far, y_eval=y, eval_every=1)
+    reference = vglib.build_network(2, 8, "relu", "he", norm="batch", in_features=4)
+    vglib.train(reference, x, y, steps=3, lr=1e-3, eval_every=1)
+    for a, b in zip(model.buffers(), reference.buffers(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_saved_for_backward_memory_grows_with_the_batch_and_with_norm_layers():
+    x, y = torch.randn(256, 16), torch.randn(256, 1)
+    plain = vglib.build_network(10, 64, "relu", "he", in_features=16)
+    bn = vglib.build_network(10, 64, "relu", "he", norm="batch", in_features=16)
+    small = vglib.saved_for_backward_megabytes(plain, x[:128], y[:128])
+    large = vglib.saved_for_backward_megabytes(plain, x, y)
+    # each of the 10 blocks keeps at least its (batch x 64) float32 input: a lower bound
+    assert large * 2**20 >= 10 * 256 * 64 * 4
+    # activations scale with the batch, the saved weight matrices do not: 2 small - large = weights
+    weights = sum(m.weight.numel() * 4 for _, m in vglib.weight_layers(plain)) / 2**20
+    assert 2 * small - large == pytest.approx(weights, rel=0.1)
+    assert vglib.saved_for_backward_megabytes(bn, x, y) > 1.3 * large
+    before = [b.clone() for b in bn.buffers()]
+    vglib.saved_for_backward_megabytes(bn, x, y)
+    assert all(torch.equal(a, b) for a, b in zip(before, bn.buffers(), strict=True))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        vglib.saved_for_backward_megabytes(plain, x.numpy(), y)

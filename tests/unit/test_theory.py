@@ -134,3 +134,16 @@ def test_saturated_fraction_predicts_a_wide_layer(activation, sigma_w2):
     tolerance = 3 * np.sqrt(predicted * (1 - predicted) / 256) + 1e-3
     assert np.all(np.abs(measured - predicted) <= tolerance), (measured, predicted)
     assert vglib.saturated_fraction("tanh", 0.0) == 0.0
+
+
+def test_gaussian_expectation_is_exact_across_the_kink_at_zero():
+    # E[relu(z)] = 1/sqrt(2 pi), E[relu'(z)^2] = 1/2, E[|z|^3] = 2 sqrt(2/pi): all non-smooth at 0
+    relu = vglib.gaussian_expectation(lambda x: np.maximum(x, 0.0), 1.0)
+    assert relu == pytest.approx(1 / math.sqrt(2 * math.pi), abs=1e-13)
+    assert vglib.gaussian_expectation(lambda x: (x > 0).astype(float), 4.0) == pytest.approx(0.5, abs=1e-13)
+    assert vglib.gaussian_expectation(lambda x: np.abs(x) ** 3, 1.0) == pytest.approx(
+        2 * math.sqrt(2 / math.pi), abs=1e-12
+    )
+    # batch norm's gradient factor for ReLU (Yang et al. 2019): E[phi'^2] / Var[phi] = pi / (pi - 1)
+    second = vglib.gaussian_expectation(lambda x: np.maximum(x, 0.0) ** 2, 1.0)
+    assert 0.5 / (second - relu**2) == pytest.approx(math.pi / (math.pi - 1), abs=1e-12)
