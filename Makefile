@@ -79,6 +79,7 @@ benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/monitor_overhead.py
 	$(BIN)/python benchmarks/activation_cost.py
 	$(BIN)/python benchmarks/recurrent_cost.py
+	$(BIN)/python benchmarks/normalisation_cost.py
 	$(BIN)/python benchmarks/chapter_times.py
 
 clean:

@@ -64,6 +64,21 @@ def test_chapters_are_committed_executed_without_errors(path):
     assert counts == sorted(counts), "cells were executed out of order"
 
 
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_glued_numbers_are_python_numbers_that_the_page_can_format(path):
+    """myst-nb formats {glue:text}`x:.2f` from the glued text/plain; a NumPy scalar's repr
+    ("np.float64(...)") cannot be parsed and is a build warning. Glue float(x) instead."""
+    notebook = json.loads(path.read_text())
+    bad = [
+        output["metadata"]["scrapbook"]["name"]
+        for cell in notebook["cells"]
+        if cell["cell_type"] == "code"
+        for output in cell.get("outputs", [])
+        if str(output.get("data", {}).get("application/papermill.record/text/plain", "")).startswith("np.")
+    ]
+    assert not bad, f"glue these as Python numbers: {bad}"
+
+
 def test_nbval_really_compares_the_chapter_numbers(tmp_path):
     """Tamper with one printed number in a copy of the first chapter: nbval must fail on it."""
     source = ROOT / "chapters" / "causes" / "why_gradients_vanish.ipynb"

@@ -18,6 +18,7 @@ from .harness import (
     harness_data,
     hidden_weight_layers,
     run_harness,
+    run_harnesses,
 )
 from .initialization import INITS, init_layer, init_variance, init_weights, lsuv_init, weight_layers
 from .models import (
@@ -151,6 +152,7 @@ __all__ = [
     "relu_gradient_factor",
     "rnn_vanishing_radius",
     "run_harness",
+    "run_harnesses",
     "saturated_fraction",
     "saturation_threshold",
     "saved_for_backward_megabytes",

@@ -19,7 +19,10 @@ nothing useful stays near it, and the threshold of 0.5 needs the network to use 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+import multiprocessing
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from html import escape
@@ -48,6 +51,7 @@ __all__ = [
     "harness_data",
     "hidden_weight_layers",
     "run_harness",
+    "run_harnesses",
 ]
 
 HARNESS_TASK = {"in_features": 16, "n_train": 2048, "n_test": 1024, "train_seed": 0, "test_seed": 1}
@@ -57,8 +61,10 @@ HARNESS_STEPS = 400
 HARNESS_BATCH = 64
 HARNESS_THRESHOLD = 0.5
 """The held-out loss that counts as "trains": half the loss of predicting 0."""
-HARNESS_EVAL_EVERY = 10
+HARNESS_EVAL_EVERY = 20
 HARNESS_MONITOR_EVERY = 20
+MAX_DEFAULT_PROCESSES = 2
+"""``run_harnesses`` starts at most this many worker processes unless told otherwise."""
 
 
 @dataclass(frozen=True)
@@ -194,6 +200,54 @@ def run_harness(
         threshold=threshold,
         history=history,
     )
+
+
+def run_harnesses(
+    remedies: Sequence[Remedy],
+    *,
+    processes: int | None = None,
+    steps: int = HARNESS_STEPS,
+    threshold: float = HARNESS_THRESHOLD,
+    seed: int = 0,
+) -> dict[str, HarnessResult]:
+    """``run_harness`` for every remedy, keyed by label, in order; several at a time.
+
+    Each run is seeded on its own and does the same arithmetic in any process, so the results
+    are the same, to the last bit, whether the runs share one process or ``processes`` worker
+    processes. The default is one worker per CPU core this process may use, at most
+    ``MAX_DEFAULT_PROCESSES``: each worker imports PyTorch afresh (a few hundred MB), and a
+    container may report more cores than its quota lets it use. Workers are started with
+    ``spawn`` and use the caller's PyTorch thread count. From a script, call it only under
+    ``if __name__ == "__main__":``, as any code that starts processes.
+    """
+    remedies = list(remedies)
+    if not remedies:
+        raise ValueError("run_harnesses needs at least one Remedy")
+    for remedy in remedies:
+        if not isinstance(remedy, Remedy):
+            raise TypeError(f"remedies must be vglib.Remedy objects, got {type(remedy).__name__}")
+    labels = [r.label for r in remedies]
+    duplicated = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicated:
+        raise ValueError(f"remedy labels must be unique (they key the results), repeated: {duplicated}")
+    if processes is None:
+        processes = min(
+            MAX_DEFAULT_PROCESSES,
+            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+        )
+    check_positive_int("processes", processes)
+    processes = min(processes, len(remedies))
+    kwargs = {"steps": steps, "threshold": threshold, "seed": seed}
+    if processes == 1:
+        return {r.label: run_harness(r, **kwargs) for r in remedies}  # type: ignore[arg-type]
+    with ProcessPoolExecutor(
+        processes,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=torch.set_num_threads,
+        initargs=(torch.get_num_threads(),),
+    ) as pool:
+        futures = [pool.submit(run_harness, r, **kwargs) for r in remedies]  # type: ignore[arg-type]
+        return {r.label: f.result() for r, f in zip(remedies, futures, strict=True)}
 
 
 def _ratio(first: float, last: float) -> float:

@@ -98,3 +98,35 @@ def test_bad_input_is_refused_clearly():
         vglib.HarnessTable(["not a result"])
     with pytest.raises(ValueError, match="threshold"):
         vglib.run_harness(vglib.Remedy("x", depth=2), threshold=0)
+
+
+def test_run_harnesses_in_worker_processes_gives_the_same_bits_as_one_by_one():
+    # the batch-norm net is chaotic at init (its gradient explodes), so any difference in
+    # arithmetic order between processes would show in its losses
+    remedies = [
+        vglib.Remedy("bn", init="default", norm="batch", depth=12, width=32),
+        vglib.Remedy("sigmoid", activation="sigmoid", init="default", depth=12, width=32),
+        vglib.Remedy("lsuv", depth=12, width=32, lsuv=True),
+    ]
+    serial = {r.label: vglib.run_harness(r, steps=40) for r in remedies}
+    parallel = vglib.run_harnesses(remedies, processes=2, steps=40)
+    assert list(parallel) == ["bn", "sigmoid", "lsuv"]  # in the order given
+    for label, result in serial.items():
+        assert np.array_equal(parallel[label].history.loss, result.history.loss), label
+        assert parallel[label].gradient_ratio == result.gradient_ratio
+        assert parallel[label].final_loss == result.final_loss
+        assert parallel[label].remedy == result.remedy
+    one = vglib.run_harnesses(remedies[:1], steps=40)  # one remedy: no worker at all
+    assert np.array_equal(one["bn"].history.loss, serial["bn"].history.loss)
+
+
+def test_run_harnesses_refuses_bad_input_clearly():
+    remedy = vglib.Remedy("x", depth=2)
+    with pytest.raises(ValueError, match="at least one"):
+        vglib.run_harnesses([])
+    with pytest.raises(TypeError, match="Remedy"):
+        vglib.run_harnesses([remedy, "relu"])
+    with pytest.raises(ValueError, match=r"unique.*\['x'\]"):
+        vglib.run_harnesses([remedy, remedy.but("x", depth=3)])
+    with pytest.raises(ValueError, match="processes"):
+        vglib.run_harnesses([remedy], processes=0)
