@@ -50,6 +50,22 @@ def test_readme_quick_start_is_exactly_the_two_commands():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
+def test_readme_vglib_example_runs_and_its_comments_are_true():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## `vglib` in one minute", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    namespace: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    vglib = namespace["vglib"]
+    for name in ("ACTIVATIONS", "INITS"):  # the comment beside each shows its value
+        assert f"vglib.{name}  " in code and repr(getattr(vglib, name)) in code
+    assert namespace["report"].status == "vanishing"
+    assert namespace["prof"].per_layer_factor() < 1
+    assert "linear1" in namespace["monitor"].table().layer
+    results = namespace["results"]
+    assert not results["ReLU, default init"].trains and results["ReLU, He"].trains
+
+
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
 def test_chapters_are_committed_executed_without_errors(path):
     notebook = json.loads(path.read_text())
