@@ -222,7 +222,8 @@ class GradientMonitor:
             if kind in _SATURATED:
                 stats["saturated"] = float(_SATURATED[kind](values).float().mean())
             if kind == "relu" and values.ndim >= 2:  # dead: zero for every example of the batch
-                stats["dead"] = float((values.amax(dim=0) == 0).float().mean())
+                peak = values.amax(dim=0)
+                stats["dead"] = (peak.numel() - int(torch.count_nonzero(peak))) / peak.numel()
             if self.histograms_on:
                 low, high = _HISTOGRAM_RANGE.get(kind or "", (-5.0, 5.0))
                 counts = torch.histc(values.float(), bins=HISTOGRAM_BINS, min=low, max=high)
@@ -254,7 +255,7 @@ class GradientMonitor:
     def _after_update(self) -> None:
         if self.sampling and self._snapshot is not None:
             torch._foreach_sub_(self._snapshot, [p.detach() for p in self._flat])  # now before - after
-            moved = iter(float(n) for n in torch._foreach_norm(self._snapshot))
+            moved = iter(torch.stack(torch._foreach_norm(self._snapshot)).tolist())
             for (name, _), group in zip(self.layers, self._groups, strict=True):
                 update = math.sqrt(sum(next(moved) ** 2 for _ in group))
                 stats = self._pending[name, "parameters"]
@@ -263,9 +264,10 @@ class GradientMonitor:
         self._flush()
 
     def _record_gradients(self, lr: float | None = None) -> None:
-        weights = iter(float(n) for n in torch._foreach_norm([p.detach() for p in self._flat]))
+        flat = [p.detach() for p in self._flat]
         present = [p.grad.detach() for p in self._flat if p.grad is not None]
-        fast = iter(float(n) for n in torch._foreach_norm(present)) if present else iter(())
+        norms = torch.stack(torch._foreach_norm(flat + present)).tolist()  # one call, one copy out
+        weights, fast = iter(norms[: len(flat)]), iter(norms[len(flat) :])
         for (name, _), group in zip(self.layers, self._groups, strict=True):
             grad = math.sqrt(
                 sum(_norm(p.grad, next(fast)) ** 2 if p.grad is not None else 0.0 for p in group)
