@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ._seed import torch_seed
+from ._state import buffers_kept
 from ._validation import check_choice, check_positive_int
 
 __all__ = [
@@ -148,8 +149,7 @@ def lsuv_init(
         raise ValueError(f"tol must be > 0, got {tol!r}")
     check_positive_int("max_iter", max_iter)
     init_weights(model, "orthogonal", seed=seed)
-    buffers = [b.detach().clone() for b in model.buffers()]
-    try:
+    with buffers_kept(model):
         for _, layer in weight_layers(model):
             seen: list[torch.Tensor] = []
             handle = layer.register_forward_hook(lambda _m, _i, out, seen=seen: seen.append(out.detach()))
@@ -163,7 +163,4 @@ def lsuv_init(
                     layer.weight.div_(std)
             finally:
                 handle.remove()
-    finally:
-        for buffer, value in zip(model.buffers(), buffers, strict=True):
-            buffer.copy_(value)
     return model

@@ -9,8 +9,7 @@ output after its activation (and after any normalisation, pooling or dropout in 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ._state import buffers_kept
 from .activations import get_activation
 from .initialization import weight_layers
 
@@ -26,6 +26,7 @@ __all__ = [
     "ForwardStatistics",
     "GradientProfile",
     "bptt_gradient_norms",
+    "fitted_growth",
     "forward_statistics",
     "gradient_profile",
     "jacobian_singular_values",
@@ -136,18 +137,6 @@ def _measured_layers(model: nn.Module, caller: str) -> dict[str, nn.Module]:
     return layers
 
 
-@contextlib.contextmanager
-def _buffers_kept(model: nn.Module) -> Iterator[None]:
-    """Restore the model's buffers (e.g. batch-norm running statistics) after the block."""
-    saved = [b.detach().clone() for b in model.buffers()]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for buffer, value in zip(model.buffers(), saved, strict=True):
-                buffer.copy_(value)
-
-
 def gradient_profile(
     model: nn.Module,
     x: torch.Tensor,
@@ -170,7 +159,7 @@ def gradient_profile(
 
     handles = [m.register_forward_pre_hook(record) for m in layers.values()]
     try:
-        with _buffers_kept(model), torch.enable_grad():
+        with buffers_kept(model), torch.enable_grad():
             try:
                 output = model(x)
             except RuntimeError as error:
@@ -259,7 +248,7 @@ def forward_statistics(model: nn.Module, x: torch.Tensor, activation: str | None
         for m in layers.values()
     ]
     try:
-        with _buffers_kept(model):
+        with buffers_kept(model):
             model(x)
     except RuntimeError as error:
         raise ValueError(f"x of shape {tuple(x.shape)} does not fit the model ({error})") from error
@@ -359,9 +348,23 @@ def saved_for_backward_megabytes(
         return t
 
     with (
-        _buffers_kept(model),
+        buffers_kept(model),
         torch.enable_grad(),
         torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
     ):
         (loss_fn or _default_loss)(model(x), y)
     return sum(seen.values()) / 2**20
+
+
+def fitted_growth(values: np.ndarray | list[float], start: int = 0) -> float:
+    """Factor by which ``values`` grow per index step, from a least-squares line through
+    ``log(values[start:])``: 2 for ``[1, 2, 4, 8]``, below 1 for a decaying sequence. Robust to
+    the noise of single layers where ``GradientProfile.per_layer_factor`` uses only the two ends;
+    ``start`` skips a transient at the beginning (e.g. the first blocks of a residual stream)."""
+    tail = np.asarray(values, dtype=np.float64)[start:]
+    if tail.ndim != 1 or len(tail) < 2:
+        raise ValueError(f"fitted_growth needs a 1-d sequence of at least 2 values from start={start}")
+    if not np.all(np.isfinite(tail) & (tail > 0)):
+        raise ValueError("fitted_growth fits log(values): every value must be positive and finite")
+    slope = np.polyfit(np.arange(start, start + len(tail)), np.log(tail), 1)[0]
+    return float(np.exp(slope))

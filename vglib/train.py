@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from ._seed import torch_seed
+from ._state import buffers_kept
 from ._validation import check_choice, check_positive_int
 from .monitor import GradientMonitor
-from .probes import _buffers_kept, _default_loss
+from .probes import _default_loss
 
 __all__ = ["OPTIMIZERS", "TrainingHistory", "train"]
 
@@ -107,7 +108,7 @@ def train(
             opt.step()
             losses.append(float(loss.detach()))
             if (step + 1) % eval_every == 0 or step == steps - 1:
-                with torch.no_grad(), _buffers_kept(model):  # held-out data never enters running stats
+                with torch.no_grad(), buffers_kept(model):  # held-out data never enters running stats
                     eval_steps.append(step + 1)
                     eval_losses.append(float(_default_loss(model(x_eval), y_eval)))
     return TrainingHistory(np.array(losses), np.array(eval_steps), np.array(eval_losses), monitor)

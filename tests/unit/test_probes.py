@@ -276,3 +276,28 @@ def test_jacobian_rejects_batches():
         vglib.jacobian_singular_values(model, torch.randn(3, 4))
     with pytest.raises(TypeError, match="nn.Module"):
         vglib.jacobian_singular_values(lambda t: t, torch.randn(4))
+
+
+def test_fitted_growth_recovers_the_factor_of_a_noisy_geometric_sequence():
+    assert vglib.fitted_growth([3.0 * 0.5**k for k in range(10)]) == pytest.approx(0.5, rel=1e-12)
+    # a transient at the start is skipped with start; the indices keep their positions
+    assert vglib.fitted_growth([100.0, 1.0, 2.0, 4.0, 8.0], start=1) == pytest.approx(2.0, rel=1e-12)
+    # multiplicative noise of +-10 % around 1.3^k over 40 steps: the fit is within 1 %
+    noise = np.random.default_rng(0).uniform(0.9, 1.1, 40)
+    assert vglib.fitted_growth(1.3 ** np.arange(40) * noise) == pytest.approx(1.3, rel=1e-2)
+    # and matches the gradient profile's end-to-end factor on a clean ReLU net (He init: ~1)
+    x, y = vglib.probe_batch(64, 1, 128)
+    prof = vglib.gradient_profile(vglib.build_mlp(20, 64, "relu", "he"), x, y)
+    fitted = 1 / vglib.fitted_growth(prof.activation_grad_norms)  # towards the input
+    assert fitted == pytest.approx(prof.per_layer_factor(), rel=0.05)
+
+
+def test_fitted_growth_refuses_what_it_cannot_fit():
+    with pytest.raises(ValueError, match="at least 2"):
+        vglib.fitted_growth([1.0])
+    with pytest.raises(ValueError, match="at least 2"):
+        vglib.fitted_growth([1.0, 2.0, 3.0], start=2)
+    with pytest.raises(ValueError, match="positive and finite"):
+        vglib.fitted_growth([1.0, 0.0, 2.0])
+    with pytest.raises(ValueError, match="positive and finite"):
+        vglib.fitted_growth([1.0, float("nan")])
