@@ -5,7 +5,8 @@ probes -> theory -> plots -> widgets.
 """
 
 from . import widgets
-from ._seed import seed_everything, torch_seed
+from ._glue import glue, rounded
+from ._seed import seed_everything, seed_offset, shifted_seed, torch_seed
 from .activations import ACTIVATIONS, Activation, activation_derivative, get_activation
 from .data import ADDING_BASELINE_MSE, adding_problem, probe_batch, teacher_student
 from .harness import (
@@ -129,6 +130,7 @@ __all__ = [
     "forward_statistics",
     "gaussian_expectation",
     "get_activation",
+    "glue",
     "gradient_depth_scale",
     "gradient_explorer",
     "gradient_profile",
@@ -153,12 +155,15 @@ __all__ = [
     "probe_batch",
     "relu_gradient_factor",
     "rnn_vanishing_radius",
+    "rounded",
     "run_harness",
     "run_harnesses",
     "saturated_fraction",
     "saturation_threshold",
     "saved_for_backward_megabytes",
     "seed_everything",
+    "seed_offset",
+    "shifted_seed",
     "teacher_student",
     "torch_seed",
     "train",

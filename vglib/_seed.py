@@ -1,39 +1,88 @@
-"""One place for determinism: every notebook and experiment seeds through here."""
+"""One place for determinism: every notebook and experiment seeds through here.
+
+Two environment variables change a whole chapter's randomness without editing it:
+
+- ``VGLIB_SEED_OFFSET=k`` (a non-negative int, default 0) gives every seed vglib turns into a random
+  generator (model weights, data sets, minibatch order, :func:`seed_everything`) an independent
+  replacement, the same for the same ``k``: a chapter re-run with ``k = 1, 2, ...`` draws new
+  networks and data, which is how the book checks that a claim does not rest on one draw.
+- ``VGLIB_THREADS=n`` sets the thread count :func:`seed_everything` fixes (default 1).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "torch_seed"]
+__all__ = ["generator", "seed_everything", "seed_offset", "shifted_seed", "torch_seed"]
+
+_THREADS_FROM_ENV = object()
 
 
-def seed_everything(seed: int = 0, *, threads: int | None = 1) -> None:
+def _env_int(name: str, default: int, minimum: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {raw!r}")
+    return value
+
+
+def seed_offset() -> int:
+    """The ``VGLIB_SEED_OFFSET`` in force (0 when unset)."""
+    return _env_int("VGLIB_SEED_OFFSET", 0, 0)
+
+
+def shifted_seed(seed: int) -> int:
+    """``seed`` itself when ``VGLIB_SEED_OFFSET`` is 0 or unset; otherwise an independent seed
+    drawn from ``(seed, offset)``, so that every offset is a new, repeatable set of draws."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    offset = seed_offset()
+    if offset == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, offset]).generate_state(1)[0])
+
+
+def generator(seed: int) -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded with ``shifted_seed(seed)``."""
+    return torch.Generator().manual_seed(shifted_seed(seed))
+
+
+def seed_everything(seed: int = 0, *, threads: int | None = _THREADS_FROM_ENV) -> None:  # type: ignore[assignment]
     """Seed Python, NumPy and PyTorch, and fix PyTorch's thread count.
 
     Floating-point sums inside PyTorch's CPU kernels are split across threads, so the last digits
-    of a result depend on the thread count. Fixing it (one thread by default; the models in this
-    book are small) makes a chapter print the same numbers on a laptop and on a 2-core CI machine.
-    Pass ``threads=None`` to leave the thread count alone.
+    of a result depend on the thread count. Fixing it (one thread by default, or ``VGLIB_THREADS``;
+    the models in this book are small) makes a chapter print the same numbers on a laptop and on a
+    2-core CI machine. Pass ``threads=None`` to leave the thread count alone.
     """
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    seed = shifted_seed(seed)
+    if threads is _THREADS_FROM_ENV:
+        threads = _env_int("VGLIB_THREADS", 1, 1)
     random.seed(seed)
     np.random.seed(seed % 2**32)  # noqa: NPY002 (the legacy global generator is what users call)
     torch.manual_seed(seed)
     if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1 or None, got {threads!r}")
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be an int >= 1 or None, got {threads!r}")
         torch.set_num_threads(threads)
 
 
 @contextlib.contextmanager
 def torch_seed(seed: int) -> Iterator[None]:
-    """Run a block with PyTorch's CPU generator seeded, restoring the caller's state afterwards."""
+    """Run a block with PyTorch's CPU generator seeded (with ``shifted_seed(seed)``), restoring the
+    caller's state afterwards."""
+    seed = shifted_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield

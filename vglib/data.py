@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ._seed import generator as seeded_generator
 from ._validation import check_positive_int
 from .models import build_mlp
 
@@ -21,7 +22,7 @@ def probe_batch(
     check_positive_int("in_features", in_features)
     check_positive_int("out_features", out_features)
     check_positive_int("batch_size", batch_size)
-    generator = torch.Generator().manual_seed(seed)
+    generator = seeded_generator(seed)
     x = torch.randn(batch_size, in_features, generator=generator)
     y = torch.randn(batch_size, out_features, generator=generator)
     return x, y
@@ -42,7 +43,7 @@ def adding_problem(n_sequences: int, length: int, seed: int = 0) -> tuple[torch.
     """
     check_positive_int("n_sequences", n_sequences)
     check_positive_int("length", length, minimum=2)
-    generator = torch.Generator().manual_seed(seed)
+    generator = seeded_generator(seed)
     values = torch.rand(n_sequences, length, generator=generator)
     half = length // 2
     first = torch.randint(0, half, (n_sequences,), generator=generator)
@@ -67,7 +68,7 @@ def teacher_student(
     check_positive_int("n_examples", n_examples)
     check_positive_int("in_features", in_features)
     teacher = build_mlp(2, 32, "tanh", "xavier", seed=teacher_seed, in_features=in_features)
-    x = torch.randn(n_examples, in_features, generator=torch.Generator().manual_seed(seed))
+    x = torch.randn(n_examples, in_features, generator=seeded_generator(seed))
     with torch.no_grad():
         y = teacher(x)
     return x, y / _teacher_scale(teacher, in_features)
@@ -75,6 +76,6 @@ def teacher_student(
 
 def _teacher_scale(teacher: torch.nn.Module, in_features: int) -> float:
     """The teacher's output standard deviation over a large fixed probe, so every draw shares it."""
-    probe = torch.randn(20_000, in_features, generator=torch.Generator().manual_seed(0))
+    probe = torch.randn(20_000, in_features, generator=seeded_generator(0))
     with torch.no_grad():
         return float(teacher(probe).std())

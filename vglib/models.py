@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.nn.utils import skip_init
 
+from ._seed import generator as seeded_generator
 from ._seed import torch_seed
 from ._validation import check_choice, check_positive_int
 from .activations import get_activation
@@ -101,7 +102,7 @@ def build_gaussian_mlp(
     for index, layer in enumerate(m for m in model if isinstance(m, nn.Linear)):
         layer.weight.mul_(math.sqrt(sigma_w2))
         if sigma_b2 > 0:
-            generator = torch.Generator().manual_seed(layer_seed(seed, 2**31 + index))
+            generator = seeded_generator(layer_seed(seed, 2**31 + index))
             layer.bias.copy_(torch.randn(layer.bias.shape, generator=generator) * math.sqrt(sigma_b2))
     return model
 

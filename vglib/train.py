@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._seed import generator as seeded_generator
 from ._seed import torch_seed
 from ._state import buffers_kept
 from ._validation import check_choice, check_positive_int
@@ -87,7 +88,7 @@ def train(
         if optimizer == "adam"
         else torch.optim.SGD(params, lr=lr, momentum=momentum)
     )
-    generator = torch.Generator().manual_seed(seed)
+    generator = seeded_generator(seed)
     losses, eval_steps, eval_losses = [], [], []
     monitor = None
     if monitor_every is not None:
