@@ -232,21 +232,23 @@ def child(source: str, executed: str, records: str) -> int:
 
 
 def stored_outputs(notebook: nbformat.NotebookNode) -> dict[str, str]:
-    """Glued values and printed text by a stable key, for comparing two executions."""
+    """Glued values and printed text by a stable key, for comparing two executions (each cell's
+    streams joined: how they split into outputs varies between executions)."""
     found = {}
     for index, cell in enumerate(c for c in notebook.cells if c.cell_type == "code"):
+        streams = "".join(
+            o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream"
+        )
+        if streams:
+            found[f"cell {index} printed"] = streams
         for n, output in enumerate(cell.get("outputs", [])):
             data = output.get("data", {})
             record = data.get("application/papermill.record/text/plain")
             if record is not None:
                 name = output.get("metadata", {}).get("scrapbook", {}).get("name", f"{index}:{n}")
                 found[f"glue {name}"] = record
-            elif output.get("output_type") == "stream":
-                found[f"cell {index} stream {n}"] = output.get("text", "")
-            elif (
-                "text/plain" in data
-                and "image/png" not in data
-                and "application/vnd.jupyter.widget-view+json" not in data
+            elif "text/plain" in data and not {"image/png", "application/vnd.jupyter.widget-view+json"} & set(
+                data
             ):
                 found[f"cell {index} text {n}"] = data["text/plain"]
     return found

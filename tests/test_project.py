@@ -1,6 +1,7 @@
 """The project's own promises: pinned set-up, two-command quick start, executed notebooks, nbval live."""
 
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -8,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+import vglib
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted(p for p in (ROOT / "chapters").rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
@@ -168,3 +171,125 @@ def test_theme_macro_override_differs_from_the_theme_only_by_fontawesome_js():
     )
     assert "scripts/fontawesome.js" in original and "scripts/fontawesome.js" not in ours
     assert ours_without_note == original_without_fontawesome
+
+
+# --- nbval compares what the page shows, and nothing is hidden from it (issue 10) -------------------
+
+NBVAL_UNCOMPARED_MIME = {"image/png", "image/jpeg", "application/vnd.jupyter.widget-view+json"}
+NBVAL_TAGS = {"nbval-ignore-output", "nbval-skip", "nbval-raises-exception"}
+NBVAL_MARKERS = re.compile(r"#\s*NBVAL_(IGNORE_OUTPUT|SKIP|RAISES_EXCEPTION)", re.IGNORECASE)
+GLUE_REF = re.compile(r"\{glue(?::text)?\}`([^`]+)`")
+
+
+def code_cells(path: Path) -> list[dict]:
+    return [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+
+
+def escapes_comparison(cell: dict) -> bool:
+    tags = set(cell.get("metadata", {}).get("tags", []))
+    return bool(tags & NBVAL_TAGS) or bool(NBVAL_MARKERS.search("".join(cell["source"])))
+
+
+def compared_outputs(path: Path) -> int:
+    """Outputs nbval compares, outside escaping cells: each cell's printed text (its streams, which
+    nbval joins) counts once, and each rich output with a compared MIME type once."""
+    count = 0
+    for cell in code_cells(path):
+        if escapes_comparison(cell):
+            continue
+        outputs = cell["outputs"]
+        count += any(o["output_type"] == "stream" for o in outputs)
+        count += sum(1 for o in outputs if set(o.get("data", {})) - NBVAL_UNCOMPARED_MIME)
+    return count
+
+
+def glued(path: Path) -> dict[str, str]:
+    return {
+        output["metadata"]["scrapbook"]["name"]: "".join(output["data"][key])
+        for cell in code_cells(path)
+        for output in cell["outputs"]
+        for key in output.get("data", {})
+        if key == "application/papermill.record/text/plain"
+    }
+
+
+def test_nbval_compares_no_fewer_outputs_than_before():
+    baseline = json.loads((ROOT / "tests" / "nbval_baseline.json").read_text())["outputs"]
+    assert sorted(baseline) == sorted(str(p.relative_to(ROOT)) for p in CHAPTERS)
+    fewer = {
+        name: (compared_outputs(ROOT / name), n)
+        for name, n in baseline.items()
+        if compared_outputs(ROOT / name) < n
+    }
+    assert not fewer, f"chapters whose compared outputs fell below the baseline (now, before): {fewer}"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_only_explorer_widgets_escape_nbval(path):
+    """A cell may escape comparison only if it draws an explorer widget (whose model ids are random)
+    and prints or glues nothing: no number is ever hidden from nbval by a tag or a marker."""
+    for cell in code_cells(path):
+        if not escapes_comparison(cell):
+            continue
+        source = "".join(cell["source"])
+        tags = set(cell.get("metadata", {}).get("tags", [])) & NBVAL_TAGS
+        assert tags == {"nbval-ignore-output"} and not NBVAL_MARKERS.search(source), source[:200]
+        assert not re.search(r"\b(print|glue|display)\(", source), (
+            f"a cell that escapes nbval prints: {source[:200]}"
+        )
+        kinds = [set(o.get("data", {})) for o in cell["outputs"]]
+        assert kinds and all("application/vnd.jupyter.widget-view+json" in k for k in kinds), source[:200]
+
+
+def test_nbval_sanitizers_cannot_hide_a_number():
+    """The sanitizers replace memory addresses and widget model ids; none may touch a number as the
+    chapters print or glue it."""
+    config = (ROOT / "tests" / "nbval_sanitize.cfg").read_text()
+    patterns = re.findall(r"^regex:\s*(.+)$", config, flags=re.MULTILINE)
+    assert patterns == [r"at 0x[0-9a-fA-F]+", r"[0-9a-f]{32}"]
+    numbers = [
+        "0.123",
+        "1.5e-07",
+        "-3.2e+14",
+        "12345678",
+        "4.482428934885698e-25",
+        "0.9805129789339448",
+        "inf",
+    ]
+    for pattern in patterns:
+        for number in numbers:
+            assert re.sub(pattern, "X", f"loss {number}, ratio {number}") == f"loss {number}, ratio {number}"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_glued_numbers_carry_only_the_digits_the_page_shows(path):
+    """Every {glue:text}`name:fmt` reference formats a stored value that fmt shows exactly (nothing
+    beyond the shown digits is stored, so nbval compares only those); no glued float is stored at
+    full precision; every glued float is referenced or has at most 3 significant digits."""
+    values = glued(path)
+    markdown = "\n".join(
+        "".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "markdown"
+    )
+    formats: dict[str, set[str]] = {}
+    for ref in GLUE_REF.findall(markdown):
+        name, _, fmt = ref.partition(":")
+        formats.setdefault(name, set()).add(fmt)
+
+    for name, text in values.items():
+        try:
+            value = float(text)
+        except ValueError:
+            continue  # a string
+        if re.fullmatch(r"-?\d+", text) or not math.isfinite(value):
+            continue  # an int, or inf/nan
+        digits = len(re.sub(r"e.*$|[-.]", "", text).strip("0"))  # 210.0 has 2 significant digits
+        shown = [f for f in formats.get(name, set()) if f]
+        finest = max(
+            shown, key=lambda f: len(re.sub(r"e.*$|[-.%]", "", format(value, f)).lstrip("0")), default=None
+        )
+        if finest is None:
+            assert digits <= 3, f"{name} = {text}: glued without a format on the page, at {digits} digits"
+        else:
+            assert vglib.rounded(value, finest) == value, (
+                f"{name} = {text} carries more digits than {finest} shows"
+            )

@@ -6,7 +6,7 @@ probes -> theory -> plots -> widgets.
 
 from . import widgets
 from ._glue import glue, rounded
-from ._seed import seed_everything, seed_offset, shifted_seed, torch_seed
+from ._seed import SeedSpread, over_seeds, seed_everything, seed_offset, shifted_seed, torch_seed
 from .activations import ACTIVATIONS, Activation, activation_derivative, get_activation
 from .data import ADDING_BASELINE_MSE, adding_problem, probe_batch, teacher_student
 from .harness import (
@@ -62,6 +62,7 @@ from .probes import (
     jacobian_singular_values,
     saved_for_backward_megabytes,
 )
+from .records import RecordedMonitor, Records, records_mode
 from .static import Control
 from .theory import (
     chain_rule_bound,
@@ -108,8 +109,11 @@ __all__ = [
     "HighwayBlock",
     "MonitorTable",
     "ProfileFigure",
+    "RecordedMonitor",
+    "Records",
     "Remedy",
     "ResidualBlock",
+    "SeedSpread",
     "Series",
     "TrainingHistory",
     "activation_derivative",
@@ -142,6 +146,7 @@ __all__ = [
     "jacobian_singular_values",
     "loss_stalled",
     "lsuv_init",
+    "over_seeds",
     "plot_activation_derivatives",
     "plot_curves",
     "plot_gradient_heatmap",
@@ -153,6 +158,7 @@ __all__ = [
     "plot_update_ratios",
     "predicted_gradient_norms",
     "probe_batch",
+    "records_mode",
     "relu_gradient_factor",
     "rnn_vanishing_radius",
     "rounded",

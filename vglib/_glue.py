@@ -15,7 +15,7 @@ from typing import Any
 
 __all__ = ["glue", "rounded"]
 
-_FORMAT = re.compile(r"^\.(\d+)([efg%])$")
+_FORMAT = re.compile(r"^(?:\.(\d+))?([efg%])$")
 
 
 def _as_number(value: Any) -> Any:
@@ -46,9 +46,9 @@ def rounded(value: float, fmt: str | None = None, *, digits: int | None = None) 
     match = _FORMAT.match(fmt) if isinstance(fmt, str) else None
     if match is None:
         raise ValueError(
-            f"fmt must be a format spec '.<precision><type>' with type e, f, g or %, e.g. '.3f', got {fmt!r}"
+            f"fmt must be a format spec '[.<precision>]<type>', type e, f, g or %, e.g. '.3f', got {fmt!r}"
         )
-    precision, kind = int(match.group(1)), match.group(2)
+    precision, kind = int(match.group(1) or 6), match.group(2)  # Python's default precision is 6
     if kind == "%":
         return round(float(f"{value * 100:.{precision}f}") / 100, precision + 2)
     return float(format(value, fmt))

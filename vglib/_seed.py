@@ -14,12 +14,21 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-__all__ = ["generator", "seed_everything", "seed_offset", "shifted_seed", "torch_seed"]
+__all__ = [
+    "SeedSpread",
+    "generator",
+    "over_seeds",
+    "seed_everything",
+    "seed_offset",
+    "shifted_seed",
+    "torch_seed",
+]
 
 _THREADS_FROM_ENV = object()
 
@@ -86,3 +95,46 @@ def torch_seed(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
+
+
+@dataclass(frozen=True)
+class SeedSpread:
+    """One measurement repeated over several seeds: its median and range, for claims that must
+    not rest on one draw. ``format(spread, ".3f")`` reads "0.490 (0.484–0.506)"."""
+
+    seeds: tuple[int, ...]
+    values: tuple[float, ...]
+
+    @property
+    def median(self) -> float:
+        return float(np.median(self.values))
+
+    @property
+    def low(self) -> float:
+        return float(min(self.values))
+
+    @property
+    def high(self) -> float:
+        return float(max(self.values))
+
+    def __format__(self, spec: str) -> str:
+        if not spec:
+            return repr(self)
+        return f"{self.median:{spec}} ({self.low:{spec}}–{self.high:{spec}})"
+
+    def glue(self, name: str, fmt: str) -> None:
+        """Glue ``name`` (the median), ``name_low`` and ``name_high``, each as ``fmt`` shows it."""
+        from ._glue import glue
+
+        glue(name, self.median, fmt)
+        glue(f"{name}_low", self.low, fmt)
+        glue(f"{name}_high", self.high, fmt)
+
+
+def over_seeds(measure: Callable[[int], float], seeds: Sequence[int] = (0, 1, 2)) -> SeedSpread:
+    """``measure(seed)`` for each seed, as a :class:`SeedSpread` (median and range)."""
+    seeds = tuple(seeds)
+    if len(seeds) < 1 or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct and at least one, got {seeds!r}")
+    values = tuple(float(measure(seed)) for seed in seeds)
+    return SeedSpread(seeds, values)

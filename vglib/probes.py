@@ -9,6 +9,7 @@ output after its activation (and after any normalisation, pooling or dropout in 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -308,12 +309,18 @@ def bptt_gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> n
     return np.array([_norm(g) for g in grads], dtype=np.float64)
 
 
-def jacobian_singular_values(module: nn.Module, x: torch.Tensor) -> np.ndarray:
+def jacobian_singular_values(
+    module: nn.Module, x: torch.Tensor, *, dtype: torch.dtype = torch.float64
+) -> np.ndarray:
     """Singular values, largest first, of the Jacobian ``d module(x) / d x`` at one input ``x``.
 
     ``x`` is one example of shape ``(n,)`` (or ``(1, n)``); the module's output is flattened. For
     the hidden stack of a ``build_mlp`` model pass ``model[:-1]`` (everything but the head): the
     input-output Jacobian is then the product of the layer Jacobians ``diag(phi'(z_l)) W_l``.
+
+    The forward pass and the Jacobian are computed in ``dtype``, float64 by default, on a copy of
+    the module (the module itself is left as it is): in float32 every singular value below about
+    1e-7 of the largest is rounding noise, and the spectrum of a deep product spans far more.
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
@@ -323,11 +330,15 @@ def jacobian_singular_values(module: nn.Module, x: torch.Tensor) -> np.ndarray:
     if x.ndim != 1:
         raise ValueError(f"x must be one example of shape (n,) or (1, n), got {tuple(x.shape)}")
 
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
+    twin = module if dtype == torch.float32 else copy.deepcopy(module).to(dtype)
+
     def flat(inp: torch.Tensor) -> torch.Tensor:
-        return module(inp.unsqueeze(0)).reshape(-1)
+        return twin(inp.unsqueeze(0)).reshape(-1)
 
     with torch.enable_grad():
-        jacobian = torch.func.jacrev(flat)(x.detach())
+        jacobian = torch.func.jacrev(flat)(x.detach().to(dtype))
     return torch.linalg.svdvals(jacobian.detach().double()).numpy()
 
 

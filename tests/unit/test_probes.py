@@ -270,6 +270,29 @@ def test_orthogonal_linear_products_are_isometries_and_gaussian_ones_spread():
     assert spreads[0] < spreads[1] < spreads[2]
 
 
+def test_jacobian_is_exact_in_float64_where_float32_is_rounding_noise():
+    """A deep Gaussian linear product: its small singular values, from the product of the weights in
+    float64, are what the probe returns; float32 gets them wrong by orders of magnitude (the noise
+    floor is ~1e-7 of the largest)."""
+    model = vglib.build_mlp(50, 64, "linear", "lecun", seed=0)
+    product = torch.eye(64, dtype=torch.float64)
+    for layer in model[:-1]:
+        if isinstance(layer, torch.nn.Linear):
+            product = layer.weight.detach().double() @ product
+    exact = torch.linalg.svdvals(product).numpy()
+    x = torch.randn(64)
+    s64 = vglib.jacobian_singular_values(model[:-1], x)
+    resolved = exact > 1e-10 * exact[0]  # float64's own floor is ~1e-16 of the largest
+    np.testing.assert_allclose(s64[resolved], exact[resolved], rtol=1e-5)
+    s32 = vglib.jacobian_singular_values(model[:-1], x, dtype=torch.float32)
+    small = resolved & (exact < 4e-9 * exact[0])  # resolved in float64, far below float32's floor
+    assert small.sum() >= 3
+    assert np.all(np.abs(np.log10(s32[small] / exact[small])) > 1)
+    assert model[0].weight.dtype == torch.float32  # the model itself is not converted
+    with pytest.raises(ValueError, match="float32 or torch.float64"):
+        vglib.jacobian_singular_values(model[:-1], x, dtype=torch.float16)
+
+
 def test_jacobian_rejects_batches():
     model = vglib.build_mlp(2, 4)
     with pytest.raises(ValueError, match="one example"):

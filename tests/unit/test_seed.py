@@ -49,3 +49,80 @@ def test_torch_seed_restores_the_outer_state():
 def test_bad_seeds_are_rejected(seed):
     with pytest.raises(ValueError, match="non-negative int"):
         vglib.seed_everything(seed)
+
+
+def test_seed_offset_zero_or_unset_changes_nothing(monkeypatch):
+    monkeypatch.delenv("VGLIB_SEED_OFFSET", raising=False)
+    net = vglib.build_mlp(3, 8, "tanh", "xavier", seed=4)
+    monkeypatch.setenv("VGLIB_SEED_OFFSET", "0")
+    assert vglib.shifted_seed(4) == 4
+    again = vglib.build_mlp(3, 8, "tanh", "xavier", seed=4)
+    for a, b in zip(net.parameters(), again.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_seed_offset_redraws_models_data_and_batches_repeatably(monkeypatch):
+    monkeypatch.setenv("VGLIB_SEED_OFFSET", "0")
+    base = (vglib.build_mlp(3, 8, "relu", "he", seed=0).linear1.weight, vglib.probe_batch(8, seed=0)[0],
+            vglib.adding_problem(4, 10, seed=0)[0], vglib.teacher_student(4, seed=0)[1])  # fmt: skip
+    monkeypatch.setenv("VGLIB_SEED_OFFSET", "3")
+    shifted = (vglib.build_mlp(3, 8, "relu", "he", seed=0).linear1.weight, vglib.probe_batch(8, seed=0)[0],
+               vglib.adding_problem(4, 10, seed=0)[0], vglib.teacher_student(4, seed=0)[1])  # fmt: skip
+    repeated = vglib.build_mlp(3, 8, "relu", "he", seed=0).linear1.weight
+    assert all(not torch.equal(a, b) for a, b in zip(base, shifted, strict=True))
+    assert torch.equal(shifted[0], repeated)
+    # an offset is an independent draw, not a relabelling of the seeds: seed 0 at offset 3 is not seed 3
+    monkeypatch.setenv("VGLIB_SEED_OFFSET", "0")
+    assert not torch.equal(shifted[1], vglib.probe_batch(8, seed=3)[0])
+
+
+def test_seed_everything_follows_the_offset(monkeypatch):
+    monkeypatch.setenv("VGLIB_SEED_OFFSET", "0")
+    vglib.seed_everything(0)
+    plain = torch.rand(3)
+    monkeypatch.setenv("VGLIB_SEED_OFFSET", "1")
+    vglib.seed_everything(0)
+    assert not torch.equal(torch.rand(3), plain)
+
+
+@pytest.mark.parametrize("raw", ["-1", "one", "1.5"])
+def test_bad_seed_offsets_name_the_variable(monkeypatch, raw):
+    monkeypatch.setenv("VGLIB_SEED_OFFSET", raw)
+    with pytest.raises(ValueError, match="VGLIB_SEED_OFFSET must be an integer >= 0"):
+        vglib.build_mlp(2, 4, "relu", "he")
+
+
+def test_vglib_threads_sets_the_thread_count_unless_the_call_does(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("VGLIB_THREADS", "2")
+        vglib.seed_everything(0)
+        assert torch.get_num_threads() == 2
+        vglib.seed_everything(0, threads=1)
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("VGLIB_THREADS", "0")
+        with pytest.raises(ValueError, match="VGLIB_THREADS must be an integer >= 1"):
+            vglib.seed_everything(0)
+        monkeypatch.delenv("VGLIB_THREADS")
+        vglib.seed_everything(0)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_over_seeds_gives_the_median_and_range_of_independent_draws():
+    spread = vglib.over_seeds(
+        lambda seed: float(vglib.probe_batch(64, seed=seed)[0].var()), seeds=(0, 1, 2, 3, 4)
+    )
+    assert spread.seeds == (0, 1, 2, 3, 4) and len(set(spread.values)) == 5  # other draws, other values
+    assert spread.low <= spread.median <= spread.high
+    assert spread.median == sorted(spread.values)[2]
+    assert 0.9 < spread.median < 1.1  # the variance of N(0, 1) draws
+    assert format(spread, ".2f") == f"{spread.median:.2f} ({spread.low:.2f}–{spread.high:.2f})"
+
+
+def test_over_seeds_refuses_repeated_or_missing_seeds():
+    with pytest.raises(ValueError, match="distinct"):
+        vglib.over_seeds(float, seeds=(1, 1))
+    with pytest.raises(ValueError, match="distinct"):
+        vglib.over_seeds(float, seeds=())

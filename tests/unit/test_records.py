@@ -1,0 +1,100 @@
+"""vglib.Records: chaotic results recorded once and read back, exactly as computed."""
+
+import json
+
+import numpy as np
+import pytest
+
+import vglib
+from vglib.records import decode, encode, fingerprint
+
+
+def test_values_round_trip_through_the_recording_with_their_types():
+    value = {
+        "loss": 0.25,
+        "never": float("inf"),
+        "curve": np.linspace(0, 1, 5),
+        "counts": np.arange(3),
+        "names": np.array(["a", "bb"]),
+        1.5: (1, "x", None, True),
+        ("lstm", 2): [np.float32(0.5), np.int64(4)],
+    }
+    back = decode(json.loads(json.dumps(encode(value))))
+    assert back["loss"] == 0.25 and back["never"] == float("inf")
+    np.testing.assert_array_equal(back["curve"], value["curve"])
+    assert back["curve"].dtype == np.float64 and back["counts"].dtype == value["counts"].dtype
+    assert back["names"].tolist() == ["a", "bb"]
+    assert back[1.5] == (1, "x", None, True) and back["lstm", 2] == [0.5, 4]
+
+
+def test_a_harness_result_round_trips_with_its_history_and_monitor_table():
+    result = vglib.run_harness(vglib.Remedy("small", depth=3), steps=40)
+    back = decode(json.loads(json.dumps(encode(result))))
+    assert isinstance(back, vglib.HarnessResult) and back.remedy == result.remedy
+    assert back.gradient_ratio == result.gradient_ratio and back.final_loss == result.final_loss
+    np.testing.assert_array_equal(back.history.eval_loss, result.history.eval_loss)
+    table, recorded = result.history.monitor.table(), back.history.monitor.table()
+    assert isinstance(back.history.monitor, vglib.RecordedMonitor)
+    assert list(recorded.layer) == list(table.layer)
+    np.testing.assert_array_equal(recorded["grad_norm"], table["grad_norm"])
+
+
+def test_things_that_cannot_be_recorded_are_refused_by_name():
+    with pytest.raises(TypeError, match="cannot record a object"):
+        encode(object())
+    with pytest.raises(TypeError, match="cannot record a Sequential"):
+        encode(vglib.build_mlp(2, 4))
+
+
+def test_modes_use_live_and_write(tmp_path, monkeypatch):
+    path = tmp_path / "chapter.json"
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"loss": 0.5 + 0.1 * len(calls)}
+
+    monkeypatch.setenv("VGLIB_RECORDS", "write")
+    assert vglib.Records(path)("run", compute, config={"lr": 1e-3}) == {"loss": 0.6}
+    monkeypatch.setenv("VGLIB_RECORDS", "use")
+    records = vglib.Records(path)
+    assert records("run", compute, config={"lr": 1e-3}) == {"loss": 0.6}  # read back, not recomputed
+    assert len(calls) == 1 and records.sources["run"] == "recorded"
+    assert records("other", compute) == {"loss": 0.7} and records.sources["other"] == "computed"
+    assert "other" not in json.loads(path.read_text())["entries"]  # use mode writes nothing
+    monkeypatch.setenv("VGLIB_RECORDS", "live")
+    assert vglib.Records(path)("run", compute, config={"lr": 1e-3}) == {"loss": 0.8}
+    entry = json.loads(path.read_text())["entries"]["run"]
+    assert entry["config"] == fingerprint({"lr": 1e-3}) and entry["threads"] >= 1 and entry["cpu_capability"]
+
+
+def test_a_recording_from_another_configuration_is_refused(tmp_path, monkeypatch):
+    path = tmp_path / "chapter.json"
+    monkeypatch.setenv("VGLIB_RECORDS", "write")
+    vglib.Records(path)("run", lambda: 1, config=[vglib.Remedy("a")])
+    monkeypatch.delenv("VGLIB_RECORDS")
+    with pytest.raises(ValueError, match="another configuration: re-record it"):
+        vglib.Records(path)("run", lambda: 1, config=[vglib.Remedy("a", lr=1e-2)])
+
+
+def test_each_seed_offset_has_its_own_recording(tmp_path, monkeypatch):
+    path = tmp_path / "chapter.json"
+    monkeypatch.setenv("VGLIB_RECORDS", "write")
+    vglib.Records(path)("run", lambda: "offset 0")
+    monkeypatch.setenv("VGLIB_RECORDS", "use")
+    monkeypatch.setenv("VGLIB_SEED_OFFSET", "2")
+    records = vglib.Records(path)
+    assert records("run", lambda: "computed at offset 2") == "computed at offset 2"
+    monkeypatch.setenv("VGLIB_SEED_OFFSET", "0")
+    assert records("run", lambda: "computed") == "offset 0"
+
+
+def test_bad_modes_and_paths_name_the_choices(tmp_path, monkeypatch):
+    monkeypatch.setenv("VGLIB_RECORDS", "always")
+    with pytest.raises(ValueError, match="use, live, write"):
+        vglib.records_mode()
+    with pytest.raises(ValueError, match=r"\.json"):
+        vglib.Records(tmp_path / "chapter.txt")
+    monkeypatch.delenv("VGLIB_RECORDS")
+    with pytest.raises(TypeError, match="function of no arguments"):
+        vglib.Records(tmp_path / "c.json")("run", 3)

@@ -1,0 +1,213 @@
+"""Recorded results: training runs computed once, on a pinned CPU kernel path, and read back.
+
+Training a network is chaotic. A difference in the last bit of one float (another CPU's vector
+kernels; in float64 as in float32) grows over a few hundred steps into a visibly different loss, so
+a chapter that quotes a training outcome cannot reproduce it digit for digit on every machine. The
+book therefore records such results once and reads them back: a chapter wraps each training
+experiment in a :class:`Records` call, ``make record`` executes the chapter with
+``VGLIB_RECORDS=write`` on the pinned path ``ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2`` (the same
+arithmetic on any CPU with AVX2, AVX-512 included), and the recording is committed beside it.
+``tests/test_records.py`` re-runs a sample of it on that path and requires the same numbers.
+
+``VGLIB_RECORDS`` chooses what a call does:
+
+- unset or ``use``: the recorded value, where there is one for this name and this
+  ``VGLIB_SEED_OFFSET``; otherwise the value is computed (and not written): a reader who changes a
+  chapter, or runs it where the recording is absent (Colab), gets live results;
+- ``live``: always compute, never read (how the robustness checks re-run the chapters);
+- ``write``: compute and record.
+
+A recorded value is exactly what the computation returns, through a JSON encoding that keeps
+NumPy arrays, tuples, dicts with non-string keys and vglib's result types (``TrainingHistory``,
+``MonitorTable``, ``HarnessResult``, ``Remedy``, ``SeedSpread``); a live value goes through the same
+encoding, so a chapter sees the same types either way. A training history's monitor comes back as
+a :class:`RecordedMonitor` that holds its table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from ._seed import SeedSpread, seed_offset
+from .harness import HarnessResult, Remedy
+from .monitor import GradientMonitor, MonitorTable
+from .train import TrainingHistory
+
+__all__ = ["RECORDS_MODES", "RecordedMonitor", "Records", "records_mode"]
+
+T = TypeVar("T")
+RECORDS_MODES = ("use", "live", "write")
+RECORDING_PATH = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"}
+"""The environment ``make record`` records under, and the re-check test re-runs under."""
+
+
+def records_mode() -> str:
+    """``VGLIB_RECORDS`` (``use`` when unset)."""
+    mode = os.environ.get("VGLIB_RECORDS", "").strip() or "use"
+    if mode not in RECORDS_MODES:
+        raise ValueError(f"VGLIB_RECORDS must be one of {', '.join(RECORDS_MODES)}, got {mode!r}")
+    return mode
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordedMonitor:
+    """What a recording keeps of a ``GradientMonitor``: its table."""
+
+    recorded_table: MonitorTable
+
+    def table(self) -> MonitorTable:
+        return self.recorded_table
+
+
+_DATACLASSES: dict[str, type] = {
+    cls.__name__: cls
+    for cls in (TrainingHistory, MonitorTable, HarnessResult, Remedy, SeedSpread, RecordedMonitor)
+}
+
+
+def encode(value: Any) -> Any:
+    """A JSON-able form of ``value`` that :func:`decode` turns back into an equal value."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if np.isfinite(value) else {"__float__": repr(value)}
+    if isinstance(value, np.generic):
+        return encode(value.item())
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind == "f":
+            items = [encode(float(v)) for v in value.ravel().tolist()]
+        elif value.dtype.kind in "biuU":
+            items = value.ravel().tolist()
+        else:
+            items = [encode(v) for v in value.ravel().tolist()]
+        dtype = str(value.dtype) if value.dtype.kind in "biufU" else "object"
+        return {"__ndarray__": items, "dtype": dtype, "shape": list(value.shape)}
+    if isinstance(value, GradientMonitor):
+        return encode(RecordedMonitor(value.table()))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        name = type(value).__name__
+        if _DATACLASSES.get(name) is not type(value):
+            raise TypeError(
+                f"cannot record a {name}; recordable dataclasses: {', '.join(sorted(_DATACLASSES))}"
+            )
+        return {
+            "__dataclass__": name,
+            "fields": {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)},
+        }
+    if isinstance(value, tuple):
+        return {"__tuple__": [encode(v) for v in value]}
+    if isinstance(value, list):
+        return [encode(v) for v in value]
+    if isinstance(value, dict):
+        return {"__dict__": [[encode(k), encode(v)] for k, v in value.items()]}
+    raise TypeError(
+        f"cannot record a {type(value).__name__}: record numbers, strings, arrays, lists, tuples, dicts "
+        f"and vglib's result types ({', '.join(sorted(_DATACLASSES))})"
+    )
+
+
+def decode(value: Any) -> Any:
+    """The inverse of :func:`encode`."""
+    if isinstance(value, list):
+        return [decode(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "__float__" in value:
+        return float(value["__float__"])
+    if "__ndarray__" in value:
+        items = [decode(v) for v in value["__ndarray__"]]
+        array = np.empty(len(items), dtype=object)
+        array[:] = items
+        return array.astype(value["dtype"]).reshape(value["shape"])
+    if "__tuple__" in value:
+        return tuple(decode(v) for v in value["__tuple__"])
+    if "__dict__" in value:
+        return {_hashable(decode(k)): decode(v) for k, v in value["__dict__"]}
+    if "__dataclass__" in value:
+        cls = _DATACLASSES[value["__dataclass__"]]
+        return cls(**{name: decode(v) for name, v in value["fields"].items()})
+    raise ValueError(f"not a recorded value: {value!r}")
+
+
+def _hashable(key: Any) -> Any:
+    return tuple(_hashable(k) for k in key) if isinstance(key, list | tuple) else key
+
+
+def fingerprint(config: Any) -> str:
+    """A short hash of a configuration (anything :func:`encode` takes)."""
+    text = json.dumps(encode(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class Records:
+    """A chapter's recorded results, one JSON file (``path``, relative to the working directory,
+    which is the chapter's folder when it is executed).
+
+    ``records(name, compute, config=...)`` returns the recorded value of ``name`` or computes it
+    (see the module docstring for ``VGLIB_RECORDS``). ``config`` describes what ``compute``
+    depends on (e.g. the list of ``Remedy`` it trains): a recorded value made from another
+    configuration is refused with an error that says how to re-record it.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if self.path.suffix != ".json":
+            raise ValueError(f"a records file is a .json file, got {str(self.path)!r}")
+        self.entries: dict[str, dict[str, Any]] = {}
+        if self.path.exists():
+            self.entries = json.loads(self.path.read_text())["entries"]
+        self.sources: dict[str, str] = {}
+        """For each name asked for in this session: ``"recorded"`` or ``"computed"``."""
+
+    @staticmethod
+    def key(name: str) -> str:
+        offset = seed_offset()
+        return name if offset == 0 else f"{name} [VGLIB_SEED_OFFSET={offset}]"
+
+    def __call__(self, name: str, compute: Callable[[], T], *, config: Any = None) -> T:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"name must be a non-empty str, got {name!r}")
+        if not callable(compute):
+            raise TypeError(f"compute must be a function of no arguments, got {type(compute).__name__}")
+        mode, key, made_from = records_mode(), self.key(name), fingerprint(config)
+        entry = self.entries.get(key)
+        if mode == "use" and entry is not None:
+            if entry["config"] != made_from:
+                raise ValueError(
+                    f"the recording of {name!r} in {self.path} was made from another configuration: "
+                    "re-record it (make record) or run with VGLIB_RECORDS=live"
+                )
+            self.sources[name] = "recorded"
+            return decode(entry["value"])
+        stored = encode(compute())
+        self.sources[name] = "computed"
+        if mode == "write":
+            self.entries[key] = {
+                "config": made_from,
+                "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+                "value": stored,
+            }
+            self._save()
+        return decode(stored)
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        about = (
+            "Recorded by `make record` (VGLIB_RECORDS=write, ATEN_CPU_CAPABILITY=avx2, MKL_CBWR=AVX2): "
+            "the chapter's training runs, read back when it is executed; see vglib/records.py."
+        )
+        text = json.dumps({"about": about, "entries": dict(sorted(self.entries.items()))}, indent=None)
+        self.path.write_text(text + "\n")
