@@ -24,7 +24,7 @@ endif
 export JUPYTER_PATH := $(CURDIR)/$(VENV)/share/jupyter
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help setup book site test test-unit test-chapters test-chapters-portable lint notebooks benchmarks robustness clean
+.PHONY: help setup book site test test-unit test-chapters test-chapters-portable lint notebooks record benchmarks robustness clean
 
 help:
 	@echo "make book   build the site into _build/html (sets everything up first)"
@@ -92,19 +92,23 @@ test-unit: $(STAMP)
 test-chapters: $(STAMP)
 	$(BIN)/python -m pytest chapters $(XDIST)
 
-# ... and again on another CPU kernel path, where the last bits of every float differ. Causes and
-# Detection are proven stable there. The Remedies chapters are not yet: their training runs are
-# chaotic (a last-bit change, in float32 or float64, ends in another loss: measured in
-# benchmarks/chapter_robustness.py), so their outputs will come from recorded multi-seed runs
-# before they join this pass (issue 10, in progress).
-PORTABLE_CHAPTERS := chapters/causes chapters/detection
+# ... and again on another CPU kernel path, where the last bits of every float differ.
 test-chapters-portable: $(STAMP)
-	$(PORTABLE_CPU) $(BIN)/python -m pytest $(PORTABLE_CHAPTERS) $(XDIST)
+	$(PORTABLE_CPU) $(BIN)/python -m pytest chapters $(XDIST)
 
 # Re-execute the committed chapters in place (their outputs are what nbval compares against).
 notebooks: $(STAMP)
 	find chapters -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*' -print0 \
 	  | xargs -0 -n1 $(BIN)/jupyter-execute --inplace
+
+# Training runs are chaotic (a last-bit change ends in another loss), so the chapters that train read
+# their runs from chapters/*/recorded/*.json. This re-records them on a pinned CPU kernel path (the
+# same arithmetic on any CPU with AVX2) and re-executes those chapters in place: commit both.
+RECORDED_CHAPTERS := $(shell grep -l 'vg.Records' chapters/*/*.ipynb)
+RECORDING_PATH := ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2 ONEDNN_MAX_CPU_ISA=AVX2
+record: $(STAMP)
+	printf '%s\0' $(RECORDED_CHAPTERS) \
+	  | VGLIB_RECORDS=write $(RECORDING_PATH) xargs -0 -n1 -P2 $(BIN)/jupyter-execute --inplace
 
 # Every chapter's assertions under seeds 0-4 and two CPU kernel paths, with the closest margins (slow).
 robustness: $(STAMP)

@@ -62,7 +62,7 @@ from .probes import (
     jacobian_singular_values,
     saved_for_backward_megabytes,
 )
-from .records import RecordedMonitor, Records, records_mode
+from .records import RecordedMonitor, Records, load_model_state, model_state, records_mode
 from .static import Control
 from .theory import (
     chain_rule_bound,
@@ -144,8 +144,10 @@ __all__ = [
     "init_variance",
     "init_weights",
     "jacobian_singular_values",
+    "load_model_state",
     "loss_stalled",
     "lsuv_init",
+    "model_state",
     "over_seeds",
     "plot_activation_derivatives",
     "plot_curves",

@@ -14,8 +14,10 @@ arithmetic on any CPU with AVX2, AVX-512 included), and the recording is committ
 - unset or ``use``: the recorded value, where there is one for this name and this
   ``VGLIB_SEED_OFFSET``; otherwise the value is computed (and not written): a reader who changes a
   chapter, or runs it where the recording is absent (Colab), gets live results;
-- ``live``: always compute, never read (how the robustness checks re-run the chapters);
-- ``write``: compute and record.
+- ``live``: always compute, never read (how the robustness checks re-run the chapters); with
+  ``VGLIB_RECORDS_OUT=DIR`` the computed values are also written to ``DIR/<file name>``, which is
+  how the re-check test compares a fresh run with the recording;
+- ``write``: compute and record (the recording of this seed offset is made anew).
 
 A recorded value is exactly what the computation returns, through a JSON encoding that keeps
 NumPy arrays, tuples, dicts with non-string keys and vglib's result types (``TrainingHistory``,
@@ -42,12 +44,14 @@ from .harness import HarnessResult, Remedy
 from .monitor import GradientMonitor, MonitorTable
 from .train import TrainingHistory
 
-__all__ = ["RECORDS_MODES", "RecordedMonitor", "Records", "records_mode"]
+__all__ = ["RECORDS_MODES", "RecordedMonitor", "Records", "load_model_state", "model_state", "records_mode"]
 
 T = TypeVar("T")
 RECORDS_MODES = ("use", "live", "write")
-RECORDING_PATH = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"}
-"""The environment ``make record`` records under, and the re-check test re-runs under."""
+RECORDING_PATH = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+"""The environment ``make record`` records under and the re-check test re-runs under: PyTorch's
+AVX2 kernels, MKL's AVX2 branch (its conditional numerical reproducibility) and oneDNN capped at
+AVX2, the same arithmetic on any CPU with AVX2 or AVX-512."""
 
 
 def records_mode() -> str:
@@ -167,8 +171,17 @@ class Records:
         self.entries: dict[str, dict[str, Any]] = {}
         if self.path.exists():
             self.entries = json.loads(self.path.read_text())["entries"]
+        if records_mode() == "write":  # made anew: names a chapter no longer uses do not linger
+            self.entries = {k: v for k, v in self.entries.items() if self._offset_of(k) != seed_offset()}
+        out = os.environ.get("VGLIB_RECORDS_OUT", "").strip()
+        self._out = Path(out) / self.path.name if out and records_mode() == "live" else None
         self.sources: dict[str, str] = {}
         """For each name asked for in this session: ``"recorded"`` or ``"computed"``."""
+
+    @staticmethod
+    def _offset_of(key: str) -> int:
+        marker = " [VGLIB_SEED_OFFSET="
+        return int(key.rsplit(marker, 1)[1].rstrip("]")) if marker in key else 0
 
     @staticmethod
     def key(name: str) -> str:
@@ -192,22 +205,39 @@ class Records:
             return decode(entry["value"])
         stored = encode(compute())
         self.sources[name] = "computed"
-        if mode == "write":
-            self.entries[key] = {
+        if mode == "write" or self._out is not None:
+            made = {
                 "config": made_from,
                 "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                 "threads": torch.get_num_threads(),
                 "torch": torch.__version__,
                 "value": stored,
             }
-            self._save()
+            if mode == "write":
+                self.entries[key] = made
+                self._save(self.path, self.entries)
+            else:
+                fresh = json.loads(self._out.read_text())["entries"] if self._out.exists() else {}
+                self._save(self._out, {**fresh, key: made})
         return decode(stored)
 
-    def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    @staticmethod
+    def _save(path: Path, entries: dict[str, Any]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
         about = (
             "Recorded by `make record` (VGLIB_RECORDS=write, ATEN_CPU_CAPABILITY=avx2, MKL_CBWR=AVX2): "
             "the chapter's training runs, read back when it is executed; see vglib/records.py."
         )
-        text = json.dumps({"about": about, "entries": dict(sorted(self.entries.items()))}, indent=None)
-        self.path.write_text(text + "\n")
+        text = json.dumps({"about": about, "entries": dict(sorted(entries.items()))}, indent=None)
+        path.write_text(text + "\n")
+
+
+def model_state(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    """The model's ``state_dict`` as NumPy arrays (copies), to record a trained network."""
+    return {name: tensor.detach().cpu().numpy().copy() for name, tensor in model.state_dict().items()}
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, np.ndarray]) -> torch.nn.Module:
+    """Load a recorded :func:`model_state` into ``model`` (same architecture); returns the model."""
+    model.load_state_dict({name: torch.as_tensor(np.asarray(value)) for name, value in state.items()})
+    return model

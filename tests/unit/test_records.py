@@ -98,3 +98,26 @@ def test_bad_modes_and_paths_name_the_choices(tmp_path, monkeypatch):
     monkeypatch.delenv("VGLIB_RECORDS")
     with pytest.raises(TypeError, match="function of no arguments"):
         vglib.Records(tmp_path / "c.json")("run", 3)
+
+
+def test_writing_makes_the_recording_anew_and_live_runs_can_be_kept_apart(tmp_path, monkeypatch):
+    path = tmp_path / "chapter.json"
+    monkeypatch.setenv("VGLIB_RECORDS", "write")
+    records = vglib.Records(path)
+    records("old name", lambda: 1)
+    records("kept", lambda: 2)
+    vglib.Records(path)("kept", lambda: 3)  # a new recording: "old name" is no longer there
+    assert list(json.loads(path.read_text())["entries"]) == ["kept"]
+    monkeypatch.setenv("VGLIB_RECORDS", "live")
+    monkeypatch.setenv("VGLIB_RECORDS_OUT", str(tmp_path / "fresh"))
+    assert vglib.Records(path)("kept", lambda: 4) == 4
+    fresh = json.loads((tmp_path / "fresh" / "chapter.json").read_text())["entries"]
+    assert fresh["kept"]["value"] == 4 and json.loads(path.read_text())["entries"]["kept"]["value"] == 3
+
+
+def test_a_trained_model_is_recorded_and_restored_bit_for_bit():
+    model = vglib.build_recurrent("lstm", 8, seed=0)
+    state = decode(json.loads(json.dumps(encode(vglib.model_state(model)))))
+    twin = vglib.load_model_state(vglib.build_recurrent("lstm", 8, seed=5), state)
+    for (name, a), (_, b) in zip(model.state_dict().items(), twin.state_dict().items(), strict=True):
+        assert a.dtype == b.dtype and bool((a == b).all()), name
