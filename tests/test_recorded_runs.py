@@ -4,9 +4,12 @@ Chapters that train read their runs from ``chapters/*/recorded/*.json`` (made by
 pinned CPU kernel path, see ``vglib/records.py``). These tests check that every such chapter has
 its recording, and re-run a random sample of it: one recorded chapter, executed live on the pinned
 path, must reproduce every recorded value exactly, and two recorded harness runs, re-run on this
-machine's own kernels, must agree with the recording before training's chaos sets in (the gradient
-ratio and the first minibatch's loss at initialisation, and the first held-out evaluation, 20 steps
-in, to 5 %: batch norm's runs already differ by about 1 % there between CPUs).
+machine's own kernels, must agree with the recording before training's chaos sets in: the gradient
+ratio at initialisation to 5 % (batch norm's differs by 1-2 % between kernel paths), the first
+minibatch's loss at initialisation to 1e-4, and the first held-out evaluation, 20 steps in, to 5 %
+(batch norm's already differs by about 1 %). The exact re-run needs a CPU with AVX2 of the vendor
+that recorded (MKL keeps its AVX2 branch reproducible across Intel CPUs, but picks its own branch
+on other vendors); elsewhere it is skipped, with the reason.
 
 The sample is drawn afresh each day (``VGLIB_RECHECK_SEED`` fixes it; ``VGLIB_RECHECK_ALL=1``
 re-runs every recorded chapter, as after ``make record``).
@@ -24,7 +27,7 @@ from pathlib import Path
 import pytest
 
 import vglib
-from vglib.records import RECORDING_PATH, decode
+from vglib.records import RECORDING_PATH, cpu_vendor, decode
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted(p for p in (ROOT / "chapters").rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
@@ -59,10 +62,18 @@ def test_every_chapter_that_trains_reads_a_complete_recording():
         names = set(re.findall(r'recorded\(\\?"([^"\\]+)\\?"', chapter.read_text()))
         assert names and names <= set(made), f"{chapter.name}: not recorded: {sorted(names - set(made))}"
         for name, entry in made.items():
-            assert entry["cpu_capability"] == "AVX2" and entry["threads"] == 1, (path.name, name)
+            assert entry["cpu_capability"] == "AVX2" and entry["threads"] == 1 and entry["cpu_vendor"], (
+                path.name,
+                name,
+            )
 
 
-def pinned_path_available() -> bool:
+def pinned_path_available(vendor: str) -> bool:
+    """A CPU of the recording's vendor on which PyTorch runs its AVX2 kernels under the pinned
+    environment (MKL keeps its AVX2 branch reproducible across Intel CPUs; on other vendors it picks
+    its own branch, so the exact re-run is only meaningful on the vendor that recorded)."""
+    if cpu_vendor() != vendor:
+        return False
     code = "import torch; print(torch.backends.cpu.get_cpu_capability())"
     env = {**os.environ, **RECORDING_PATH}
     return (
@@ -78,10 +89,11 @@ def chapters_to_recheck() -> list[Path]:
 
 @pytest.mark.parametrize("chapter", chapters_to_recheck(), ids=lambda p: p.stem)
 def test_a_recorded_chapter_reproduces_its_recording_exactly_on_the_pinned_path(chapter, tmp_path):
-    if not pinned_path_available():
-        pytest.skip("this CPU has no AVX2, so the pinned path of the recordings cannot run here; "
-                    "the harness re-check below still runs")  # fmt: skip
     recording = recorded_chapters()[chapter]
+    vendor = {e["cpu_vendor"] for e in entries(recording).values()}.pop()
+    if not pinned_path_available(vendor):
+        pytest.skip(f"recorded on a {vendor} CPU with AVX2; this CPU ({cpu_vendor()}) differs or lacks AVX2, "
+                    "so its pinned path need not give the same bits; the harness re-check runs")  # fmt: skip
     copy = tmp_path / chapter.name
     copy.write_text(chapter.read_text())
     env = {
@@ -120,7 +132,7 @@ def test_recorded_harness_runs_agree_with_a_fresh_run_before_chaos_sets_in():
     assert len(runs) >= 20
     for recorded in sample(runs, 2):
         fresh = vglib.run_harness(recorded.remedy, steps=vglib.harness.HARNESS_EVAL_EVERY)
-        assert fresh.gradient_ratio == pytest.approx(recorded.gradient_ratio, rel=0.05), recorded.remedy.label
-        assert fresh.history.eval_loss[0] == pytest.approx(recorded.history.eval_loss[0], rel=0.01), (
-            recorded.remedy.label
-        )
+        label = recorded.remedy.label
+        assert fresh.gradient_ratio == pytest.approx(recorded.gradient_ratio, rel=0.05), label
+        assert fresh.history.loss[0] == pytest.approx(recorded.history.loss[0], rel=1e-4), label
+        assert fresh.history.eval_loss[0] == pytest.approx(recorded.history.eval_loss[0], rel=0.05), label

@@ -58,7 +58,8 @@ def glue(name: str, value: Any, fmt: str | None = None, *, digits: int | None = 
     """Glue ``value`` under ``name`` for the page (``{glue:text}`name:fmt```), stored at the page's
     precision: a float is rounded as ``fmt`` shows it (or to ``digits`` significant digits), so the
     notebook's stored output carries only the digits the prose displays. Ints, bools and strings are
-    stored as they are. Nothing is displayed in the notebook. Returns the stored value.
+    stored as they are. The value is stored for the page and not shown as a cell output of its own
+    (it is returned, so a cell that ends with the call shows it as the cell's result).
 
     myst-nb is imported only here, so a chapter runs where it is not installed (Colab): the value is
     then returned and not stored.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -118,9 +119,14 @@ class SeedSpread:
         return float(max(self.values))
 
     def __format__(self, spec: str) -> str:
+        """``spec`` is a float format (``".3f"``) applied to each number, optionally led by an
+        alignment and width for the whole text (``">46.3f"``)."""
         if not spec:
             return repr(self)
-        return f"{self.median:{spec}} ({self.low:{spec}}–{self.high:{spec}})"
+        match = re.fullmatch(r"([<>^]?)(\d*)(.*)", spec)
+        align, width, number = match.group(1), match.group(2), match.group(3)  # type: ignore[union-attr]
+        text = f"{self.median:{number}} ({self.low:{number}}–{self.high:{number}})"
+        return format(text, f"{align or '>'}{width}") if width else text
 
     def glue(self, name: str, fmt: str) -> None:
         """Glue ``name`` (the median), ``name_low`` and ``name_high``, each as ``fmt`` shows it."""

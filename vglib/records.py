@@ -1,19 +1,29 @@
 """Recorded results: training runs computed once, on a pinned CPU kernel path, and read back.
 
-Training a network is chaotic. A difference in the last bit of one float (another CPU's vector
-kernels; in float64 as in float32) grows over a few hundred steps into a visibly different loss, so
-a chapter that quotes a training outcome cannot reproduce it digit for digit on every machine. The
+Training a network can be chaotic. A difference in the last bit of one float (another CPU's vector
+kernels; in float64 as in float32) can grow over a few hundred steps into a visibly different loss
+(measured for the harness runs: a batch-normalised network that reaches the threshold in 240 steps
+on one kernel path takes 340 on another), so a chapter that quotes such an outcome cannot
+reproduce it digit for digit on every machine; some measurements on batch-normalised networks at
+initialisation are ill-conditioned enough to move by a few per cent as well. The
 book therefore records such results once and reads them back: a chapter wraps each training
 experiment in a :class:`Records` call, ``make record`` executes the chapter with
-``VGLIB_RECORDS=write`` on the pinned path ``ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2`` (the same
-arithmetic on any CPU with AVX2, AVX-512 included), and the recording is committed beside it.
-``tests/test_records.py`` re-runs a sample of it on that path and requires the same numbers.
+``VGLIB_RECORDS=write`` on the pinned path
+``ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2 ONEDNN_MAX_CPU_ISA=AVX2`` (the same arithmetic on any
+CPU of the recording's vendor with AVX2, AVX-512 included: MKL keeps its AVX2 branch
+reproducible across Intel CPUs and picks its own branch on other vendors, so each entry keeps the
+CPU vendor it was recorded on), and the recording is committed beside it. ``tests/test_recorded_runs.py``
+re-runs a sample of it on that path and requires the same numbers. A recording makes the page
+reproducible; it does not make a single run's outcome robust: a live run on another CPU, or
+another seed, can differ as much as another draw does.
 
 ``VGLIB_RECORDS`` chooses what a call does:
 
 - unset or ``use``: the recorded value, where there is one for this name and this
-  ``VGLIB_SEED_OFFSET``; otherwise the value is computed (and not written): a reader who changes a
-  chapter, or runs it where the recording is absent (Colab), gets live results;
+  ``VGLIB_SEED_OFFSET``; otherwise the value is computed (and not written), as where the recording
+  is absent (Colab). A recorded value made from another ``config`` is refused with an error, but
+  an edit that leaves the name and the ``config`` alone still reads the recording: run edited
+  chapters with ``VGLIB_RECORDS=live``;
 - ``live``: always compute, never read (how the robustness checks re-run the chapters); with
   ``VGLIB_RECORDS_OUT=DIR`` the computed values are also written to ``DIR/<file name>``, which is
   how the re-check test compares a fresh run with the recording;
@@ -44,14 +54,35 @@ from .harness import HarnessResult, Remedy
 from .monitor import GradientMonitor, MonitorTable
 from .train import TrainingHistory
 
-__all__ = ["RECORDS_MODES", "RecordedMonitor", "Records", "load_model_state", "model_state", "records_mode"]
+__all__ = [
+    "RECORDS_MODES",
+    "RecordedMonitor",
+    "Records",
+    "cpu_vendor",
+    "load_model_state",
+    "model_state",
+    "records_mode",
+]
 
 T = TypeVar("T")
 RECORDS_MODES = ("use", "live", "write")
 RECORDING_PATH = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 """The environment ``make record`` records under and the re-check test re-runs under: PyTorch's
-AVX2 kernels, MKL's AVX2 branch (its conditional numerical reproducibility) and oneDNN capped at
-AVX2, the same arithmetic on any CPU with AVX2 or AVX-512."""
+AVX2 kernels, MKL's AVX2 branch (its conditional numerical reproducibility, which holds across Intel
+CPUs) and oneDNN capped at AVX2."""
+
+
+def cpu_vendor() -> str:
+    """The CPU vendor (``GenuineIntel``, ``AuthenticAMD``, ...; ``platform.machine()`` where Linux's
+    ``/proc/cpuinfo`` does not say)."""
+    import platform
+    import re
+
+    cpuinfo = Path("/proc/cpuinfo")
+    match = (
+        re.search(r"^vendor_id\s*:\s*(\S+)", cpuinfo.read_text(), re.MULTILINE) if cpuinfo.exists() else None
+    )
+    return match.group(1) if match else platform.machine()
 
 
 def records_mode() -> str:
@@ -209,6 +240,7 @@ class Records:
             made = {
                 "config": made_from,
                 "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                "cpu_vendor": cpu_vendor(),
                 "threads": torch.get_num_threads(),
                 "torch": torch.__version__,
                 "value": stored,

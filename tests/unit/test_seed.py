@@ -126,3 +126,9 @@ def test_over_seeds_refuses_repeated_or_missing_seeds():
         vglib.over_seeds(float, seeds=(1, 1))
     with pytest.raises(ValueError, match="distinct"):
         vglib.over_seeds(float, seeds=())
+
+
+def test_a_seed_spread_pads_the_whole_text_to_the_width_asked_for():
+    spread = vglib.SeedSpread((0, 1, 2), (0.25, 0.5, 0.75))
+    assert f"{spread:>24.2f}" == "    0.50 (0.25–0.75)".rjust(24)
+    assert f"{spread:<20.1f}" == "0.5 (0.2–0.8)".ljust(20)
