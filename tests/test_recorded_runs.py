@@ -124,6 +124,7 @@ def recorded_harness_runs() -> list[vglib.HarnessResult]:
                 value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]
             )
             runs += [v for v in values if isinstance(v, vglib.HarnessResult)]
+            runs += [run for v in values if isinstance(v, vglib.HarnessRuns) for run in v.runs]
     return runs
 
 
@@ -131,7 +132,7 @@ def test_recorded_harness_runs_agree_with_a_fresh_run_before_chaos_sets_in():
     runs = recorded_harness_runs()
     assert len(runs) >= 20
     for recorded in sample(runs, 2):
-        fresh = vglib.run_harness(recorded.remedy, steps=vglib.harness.HARNESS_EVAL_EVERY)
+        fresh = vglib.run_harness(recorded.remedy, seed=recorded.seed, steps=vglib.harness.HARNESS_EVAL_EVERY)
         label = recorded.remedy.label
         assert fresh.gradient_ratio == pytest.approx(recorded.gradient_ratio, rel=0.05), label
         assert fresh.history.loss[0] == pytest.approx(recorded.history.loss[0], rel=1e-4), label

@@ -10,10 +10,12 @@ from ._seed import SeedSpread, over_seeds, seed_everything, seed_offset, shifted
 from .activations import ACTIVATIONS, Activation, activation_derivative, get_activation
 from .data import ADDING_BASELINE_MSE, adding_problem, probe_batch, teacher_student
 from .harness import (
+    HARNESS_SEEDS,
     HARNESS_STEPS,
     HARNESS_TASK,
     HARNESS_THRESHOLD,
     HarnessResult,
+    HarnessRuns,
     HarnessTable,
     Remedy,
     harness_data,
@@ -86,6 +88,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ACTIVATIONS",
     "ADDING_BASELINE_MSE",
+    "HARNESS_SEEDS",
     "HARNESS_STEPS",
     "HARNESS_TASK",
     "HARNESS_THRESHOLD",
@@ -105,6 +108,7 @@ __all__ = [
     "GradientMonitor",
     "GradientProfile",
     "HarnessResult",
+    "HarnessRuns",
     "HarnessTable",
     "HighwayBlock",
     "MonitorTable",

@@ -12,6 +12,12 @@ budget, with the gradient monitor on, and measured the same way.
   ``HARNESS_THRESHOLD`` (``None``: never within the budget).
 - ``final_loss``: the held-out loss at the end (``inf`` if training diverged).
 
+One run is one draw: another seed (another network, another minibatch order) can cross the
+threshold a few evaluations earlier or later, or not at all. ``run_harnesses(..., seeds=HARNESS_SEEDS)``
+trains every remedy once per seed and returns ``HarnessRuns``: the median and range of each
+measurement over the seeds, which is what the chapters state; a difference between two remedies is
+only called one where their ranges do not overlap.
+
 The task is ``teacher_student``: predicting 0 scores a loss of about 1, a network that learns
 nothing useful stays near it, and the threshold of 0.5 needs the network to use its input.
 """
@@ -26,12 +32,13 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from html import escape
+from typing import overload
 
 import numpy as np
 import torch
 from torch import nn
 
-from ._seed import torch_seed
+from ._seed import SeedSpread, torch_seed
 from ._validation import check_positive_int
 from .data import teacher_student
 from .initialization import lsuv_init, weight_layers
@@ -42,10 +49,12 @@ __all__ = [
     "HARNESS_BATCH",
     "HARNESS_EVAL_EVERY",
     "HARNESS_MONITOR_EVERY",
+    "HARNESS_SEEDS",
     "HARNESS_STEPS",
     "HARNESS_TASK",
     "HARNESS_THRESHOLD",
     "HarnessResult",
+    "HarnessRuns",
     "HarnessTable",
     "Remedy",
     "harness_data",
@@ -63,6 +72,8 @@ HARNESS_THRESHOLD = 0.5
 """The held-out loss that counts as "trains": half the loss of predicting 0."""
 HARNESS_EVAL_EVERY = 20
 HARNESS_MONITOR_EVERY = 20
+HARNESS_SEEDS = (0, 1, 2)
+"""The seeds a remedy is trained with when a claim must not rest on one draw."""
 MAX_DEFAULT_PROCESSES = 2
 """``run_harnesses`` starts at most this many worker processes unless told otherwise."""
 
@@ -124,11 +135,95 @@ class HarnessResult:
     final_loss: float
     threshold: float
     history: TrainingHistory = field(repr=False)
+    seed: int = 0
 
     @property
     def trains(self) -> bool:
         """Whether the held-out loss reached the threshold within the budget."""
         return self.steps_to_threshold is not None
+
+
+@dataclass(frozen=True)
+class HarnessRuns:
+    """One ``Remedy`` trained on the harness once per seed: each seed draws another network and
+    another minibatch order. Measurements come back as their median and range over the seeds
+    (``SeedSpread``); ``steps_to_threshold`` is the median number of steps, counting a run that
+    never reached the threshold as slower than any that did."""
+
+    remedy: Remedy
+    runs: tuple[HarnessResult, ...]
+
+    def __post_init__(self) -> None:
+        if not self.runs:
+            raise ValueError("HarnessRuns needs at least one HarnessResult")
+        if any(r.remedy != self.remedy for r in self.runs):
+            raise ValueError("every run of a HarnessRuns must be of its remedy")
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(r.seed for r in self.runs)
+
+    @property
+    def threshold(self) -> float:
+        return self.runs[0].threshold
+
+    @property
+    def budget(self) -> int:
+        """Training steps of each run."""
+        return len(self.runs[0].history.loss)
+
+    @property
+    def gradient_ratio(self) -> SeedSpread:
+        return SeedSpread(self.seeds, tuple(r.gradient_ratio for r in self.runs))
+
+    @property
+    def final_loss(self) -> SeedSpread:
+        """The final held-out loss over the seeds (``inf`` for a run that diverged)."""
+        return SeedSpread(self.seeds, tuple(r.final_loss for r in self.runs))
+
+    @property
+    def steps(self) -> tuple[int | None, ...]:
+        """Steps to the threshold of each run (``None``: not within the budget)."""
+        return tuple(r.steps_to_threshold for r in self.runs)
+
+    @property
+    def steps_to_threshold(self) -> int | None:
+        """The median (the lower one for an even count) of ``steps``, a run that never reached the
+        threshold counting as slower than any that did; ``None`` when that median run never did."""
+        ordered = sorted(self.steps, key=lambda s: math.inf if s is None else s)
+        return ordered[(len(ordered) - 1) // 2]
+
+    @property
+    def fastest(self) -> int | None:
+        """The fewest steps any run took to the threshold (``None``: no run reached it)."""
+        reached = [s for s in self.steps if s is not None]
+        return min(reached) if reached else None
+
+    @property
+    def slowest(self) -> int | None:
+        """The most steps any run took (``None`` when some run never reached the threshold)."""
+        return None if None in self.steps else max(self.steps)  # type: ignore[type-var]
+
+    @property
+    def n_trained(self) -> int:
+        """How many runs reached the threshold."""
+        return sum(r.trains for r in self.runs)
+
+    @property
+    def trains(self) -> bool:
+        """Whether every run reached the threshold."""
+        return self.n_trained == len(self.runs)
+
+    @property
+    def never_trains(self) -> bool:
+        """Whether no run reached the threshold."""
+        return self.n_trained == 0
+
+    def faster_than(self, other: HarnessRuns) -> bool:
+        """Whether every run of this remedy reached the threshold before any run of ``other`` did
+        (the ranges of steps do not overlap)."""
+        slowest, fastest = self.slowest, other.fastest
+        return slowest is not None and (fastest is None or slowest < fastest)
 
 
 @cache
@@ -199,7 +294,32 @@ def run_harness(
         final_loss=final if math.isfinite(final) else math.inf,
         threshold=threshold,
         history=history,
+        seed=seed,
     )
+
+
+@overload
+def run_harnesses(
+    remedies: Sequence[Remedy],
+    *,
+    processes: int | None = ...,
+    steps: int = ...,
+    threshold: float = ...,
+    seed: int = ...,
+    seeds: None = ...,
+) -> dict[str, HarnessResult]: ...
+
+
+@overload
+def run_harnesses(
+    remedies: Sequence[Remedy],
+    *,
+    processes: int | None = ...,
+    steps: int = ...,
+    threshold: float = ...,
+    seed: int = ...,
+    seeds: Sequence[int],
+) -> dict[str, HarnessRuns]: ...
 
 
 def run_harnesses(
@@ -209,8 +329,12 @@ def run_harnesses(
     steps: int = HARNESS_STEPS,
     threshold: float = HARNESS_THRESHOLD,
     seed: int = 0,
-) -> dict[str, HarnessResult]:
+    seeds: Sequence[int] | None = None,
+) -> dict[str, HarnessResult] | dict[str, HarnessRuns]:
     """``run_harness`` for every remedy, keyed by label, in order; several at a time.
+
+    With ``seeds`` (e.g. ``HARNESS_SEEDS``) every remedy is trained once per seed and comes back as
+    ``HarnessRuns``; otherwise once, with ``seed``, as a ``HarnessResult``.
 
     Each run is seeded on its own and does the same arithmetic in any process, so the results
     are the same, to the last bit, whether the runs share one process or ``processes`` worker
@@ -230,24 +354,38 @@ def run_harnesses(
     duplicated = sorted({label for label in labels if labels.count(label) > 1})
     if duplicated:
         raise ValueError(f"remedy labels must be unique (they key the results), repeated: {duplicated}")
+    if seeds is not None:
+        seeds = tuple(seeds)
+        if (
+            not seeds
+            or len(set(seeds)) != len(seeds)
+            or not all(isinstance(s, int) and s >= 0 for s in seeds)
+        ):
+            raise ValueError(f"seeds must be distinct non-negative ints, at least one, got {seeds!r}")
     if processes is None:
         processes = min(
             MAX_DEFAULT_PROCESSES,
             len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
         )
     check_positive_int("processes", processes)
-    processes = min(processes, len(remedies))
-    kwargs = {"steps": steps, "threshold": threshold, "seed": seed}
+    jobs = [(r, s) for r in remedies for s in (seeds if seeds is not None else (seed,))]
+    processes = min(processes, len(jobs))
+    kwargs = {"steps": steps, "threshold": threshold}
     if processes == 1:
-        return {r.label: run_harness(r, **kwargs) for r in remedies}  # type: ignore[arg-type]
-    with ProcessPoolExecutor(
-        processes,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=torch.set_num_threads,
-        initargs=(torch.get_num_threads(),),
-    ) as pool:
-        futures = [pool.submit(run_harness, r, **kwargs) for r in remedies]  # type: ignore[arg-type]
-        return {r.label: f.result() for r, f in zip(remedies, futures, strict=True)}
+        done = [run_harness(r, seed=s, **kwargs) for r, s in jobs]  # type: ignore[arg-type]
+    else:
+        with ProcessPoolExecutor(
+            processes,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=torch.set_num_threads,
+            initargs=(torch.get_num_threads(),),
+        ) as pool:
+            futures = [pool.submit(run_harness, r, seed=s, **kwargs) for r, s in jobs]  # type: ignore[arg-type]
+            done = [f.result() for f in futures]
+    if seeds is None:
+        return {r.label: result for r, result in zip(remedies, done, strict=True)}
+    per = len(seeds)
+    return {r.label: HarnessRuns(r, tuple(done[i * per : (i + 1) * per])) for i, r in enumerate(remedies)}
 
 
 def _ratio(first: float, last: float) -> float:
@@ -256,34 +394,75 @@ def _ratio(first: float, last: float) -> float:
     return first / last
 
 
-class HarnessTable:
-    """Harness results side by side; prints as text and shows as an HTML table in a notebook."""
+def _loss_text(loss: float) -> str:
+    return f"{loss:.3f}" if math.isfinite(loss) else "diverged"
 
-    def __init__(self, results: Iterable[HarnessResult]):
-        self.results = list(results)
+
+class HarnessTable:
+    """Harness results side by side; prints as text and shows as an HTML table in a notebook.
+
+    Takes ``HarnessResult`` (one run each) or ``HarnessRuns`` (several seeds each: every cell is the
+    median with the range over the seeds in brackets, and a column counts the runs that reached the
+    threshold), not a mix of the two."""
+
+    def __init__(self, results: Iterable[HarnessResult] | Iterable[HarnessRuns]):
+        self.results: list = list(results)
         if not self.results:
-            raise ValueError("a HarnessTable needs at least one HarnessResult")
-        if not all(isinstance(r, HarnessResult) for r in self.results):
-            raise TypeError("a HarnessTable takes HarnessResult objects (from run_harness)")
+            raise ValueError("a HarnessTable needs at least one HarnessResult or HarnessRuns")
+        kinds = {type(r) for r in self.results}
+        if not kinds <= {HarnessResult, HarnessRuns}:
+            raise TypeError("a HarnessTable takes HarnessResult objects (from run_harness) or HarnessRuns")
+        if len(kinds) > 1:
+            raise TypeError("a HarnessTable takes either HarnessResult or HarnessRuns objects, not both")
+        self.seeded = kinds == {HarnessRuns}
         thresholds = sorted({r.threshold for r in self.results})
-        self.header = (
-            "remedy",
-            "grad ratio at init",
-            f"steps to loss {'/'.join(f'{t:g}' for t in thresholds)}",
-            "final loss",
+        steps = f"steps to loss {'/'.join(f'{t:g}' for t in thresholds)}"
+        if self.seeded:
+            counts = sorted({len(r.runs) for r in self.results})
+            self.caption = (
+                f"median (min–max) over {'/'.join(map(str, counts))} seeds; "
+                f">N: some run did not reach the loss within its N steps"
+            )
+            self.header: tuple[str, ...] = (
+                "remedy",
+                "grad ratio at init",
+                steps,
+                "runs that reach it",
+                "final loss",
+            )
+        else:
+            self.caption = ""
+            self.header = ("remedy", "grad ratio at init", steps, "final loss")
+
+    @staticmethod
+    def _one(r: HarnessResult) -> tuple[str, ...]:
+        steps = str(r.steps_to_threshold) if r.trains else f"not in {len(r.history.loss)}"
+        return (r.remedy.label, f"{r.gradient_ratio:.1e}", steps, _loss_text(r.final_loss))
+
+    @staticmethod
+    def _seeded(r: HarnessRuns) -> tuple[str, ...]:
+        ratio = r.gradient_ratio
+        budget = f">{r.budget}"
+        if r.never_trains:
+            steps = f"not in {r.budget}"
+        else:
+            median, low = r.steps_to_threshold, r.fastest
+            high = r.slowest
+            steps = (
+                f"{median if median is not None else budget} ({low}–{high if high is not None else budget})"
+            )
+        loss = r.final_loss
+        return (
+            r.remedy.label,
+            f"{ratio.median:.1e} ({ratio.low:.1e}–{ratio.high:.1e})",
+            steps,
+            f"{r.n_trained}/{len(r.runs)}",
+            f"{_loss_text(loss.median)} ({_loss_text(loss.low)}–{_loss_text(loss.high)})",
         )
 
-    def rows(self) -> list[tuple[str, str, str, str]]:
+    def rows(self) -> list[tuple[str, ...]]:
         """Each result as formatted cells."""
-        return [
-            (
-                r.remedy.label,
-                f"{r.gradient_ratio:.1e}",
-                str(r.steps_to_threshold) if r.trains else f"not in {len(r.history.loss)}",
-                f"{r.final_loss:.3f}" if math.isfinite(r.final_loss) else "diverged",
-            )
-            for r in self.results
-        ]
+        return [self._seeded(r) if self.seeded else self._one(r) for r in self.results]
 
     def __repr__(self) -> str:
         rows = [self.header, *self.rows()]
@@ -295,23 +474,42 @@ class HarnessTable:
 
         lines = [line(row) for row in rows]
         lines.insert(1, "-" * len(lines[0]))
-        return "\n".join(lines)
+        return "\n".join([self.caption, *lines] if self.caption else lines)
 
     def _repr_html_(self) -> str:
+        caption = f"<caption>{escape(self.caption)}</caption>" if self.caption else ""
         head = "".join(f"<th>{escape(h)}</th>" for h in self.header)
         body = "".join(
             "<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in self.rows()
         )
-        return f'<table class="vg-harness"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+        return (
+            f'<table class="vg-harness">{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+        )
 
     def as_dicts(self) -> list[dict[str, object]]:
-        """One dict per result: the remedy's fields and the three measurements."""
+        """One dict per result: the remedy's fields and the measurements (for ``HarnessRuns``, their
+        medians, and per seed as lists)."""
+        if not self.seeded:
+            return [
+                {
+                    **asdict(r.remedy),
+                    "gradient_ratio": r.gradient_ratio,
+                    "steps_to_threshold": r.steps_to_threshold,
+                    "final_loss": r.final_loss,
+                }
+                for r in self.results
+            ]
         return [
             {
                 **asdict(r.remedy),
-                "gradient_ratio": r.gradient_ratio,
+                "seeds": list(r.seeds),
+                "gradient_ratio": r.gradient_ratio.median,
                 "steps_to_threshold": r.steps_to_threshold,
-                "final_loss": r.final_loss,
+                "final_loss": r.final_loss.median,
+                "runs_that_reach_threshold": r.n_trained,
+                "gradient_ratio_per_seed": [float(v) for v in r.gradient_ratio.values],
+                "steps_per_seed": list(r.steps),
+                "final_loss_per_seed": [float(v) for v in r.final_loss.values],
             }
             for r in self.results
         ]

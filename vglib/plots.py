@@ -20,8 +20,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
+from ._seed import SeedSpread
 from .activations import get_activation
-from .harness import HarnessResult
+from .harness import HarnessResult, HarnessRuns
 from .monitor import MonitorTable
 from .probes import GradientProfile
 from .train import TrainingHistory
@@ -452,40 +453,74 @@ def plot_histograms_over_training(
     return fig
 
 
-def plot_harness_results(results: Sequence[HarnessResult]) -> Figure:
+def plot_harness_results(results: Sequence[HarnessResult] | Sequence[HarnessRuns]) -> Figure:
     """The harness's measurements side by side, one row per remedy (top row first): left, the
     first/last-layer gradient ratio at init on a log axis centred on 1 (bars grow left when
     gradients vanish, right when they explode); right, the final held-out loss with the threshold
-    (a diverged run is marked at the right edge)."""
+    (a diverged run is marked at the right edge). For ``HarnessRuns`` a bar is the median over the
+    seeds and a whisker the range; a bar is green when every run reached the threshold, pale
+    green when only some did."""
     if not results:
-        raise ValueError("plot_harness_results needs at least one HarnessResult")
+        raise ValueError("plot_harness_results needs at least one HarnessResult or HarnessRuns")
+    spreads = [
+        (r.gradient_ratio, r.final_loss)
+        if isinstance(r, HarnessRuns)
+        else (SeedSpread((r.seed,), (r.gradient_ratio,)), SeedSpread((r.seed,), (r.final_loss,)))
+        for r in results
+    ]
     labels = [r.remedy.label for r in results]
     y = np.arange(len(results))[::-1]
     fig = _new_figure(7.6, 0.9 + 0.26 * len(results))
     left, right = fig.subplots(1, 2, sharey=True, width_ratios=(1.3, 1.0))
-    ratios = np.array([r.gradient_ratio for r in results], dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        logs = np.log10(np.clip(np.nan_to_num(ratios, nan=1.0), 1e-45, 1e39))
+
+    def log_ratio(values: list[float]) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            array = np.nan_to_num(np.array(values, dtype=np.float64), nan=1.0)
+            return np.log10(np.clip(array, 1e-45, 1e39))
+
+    logs = log_ratio([ratio.median for ratio, _ in spreads])
     colors = [OKABE_ITO[0] if value < 0 else OKABE_ITO[1] for value in logs]
     left.barh(y, logs, color=colors, height=0.7)
+    seeded = any(len(ratio.values) > 1 for ratio, _ in spreads)
+    if seeded:
+        low, high = (
+            log_ratio([ratio.low for ratio, _ in spreads]),
+            log_ratio([ratio.high for ratio, _ in spreads]),
+        )
+        left.errorbar(logs, y, xerr=(logs - low, high - logs), fmt="none", ecolor="black", elinewidth=0.8)
     left.axvline(0.0, color="black", linewidth=0.8)
     for edge in (-3.0, 3.0):
         left.axvline(edge, color="grey", linewidth=0.8, linestyle=":")
     left.set_yticks(y, labels, fontsize=8)
     left.set(xlabel="log10 (first / last layer gradient) at init", title="gradient ratio at init")
     left.grid(True, axis="x", alpha=0.3)
-    finals = np.array([r.final_loss for r in results], dtype=np.float64)
-    finite = finals[np.isfinite(finals)]
+    every = np.array([v for _, loss in spreads for v in loss.values], dtype=np.float64)
+    finite = every[np.isfinite(every)]
     top = max(1.2, float(finite.max()) * 1.05) if len(finite) else 1.2
-    shown = np.where(np.isfinite(finals), finals, top)
-    right.barh(y, shown, color=[OKABE_ITO[2] if r.trains else "#999999" for r in results], height=0.7)
+
+    def shown(values: list[float]) -> np.ndarray:
+        array = np.array(values, dtype=np.float64)
+        return np.where(np.isfinite(array), array, top)
+
+    finals = np.array([loss.median for _, loss in spreads], dtype=np.float64)
+    trained = [r.n_trained / len(r.runs) if isinstance(r, HarnessRuns) else float(r.trains) for r in results]
+    bar_colors = [OKABE_ITO[2] if t == 1.0 else "#A8DCC9" if t > 0 else "#999999" for t in trained]
+    right.barh(y, shown(list(finals)), color=bar_colors, height=0.7)
+    if seeded:
+        mid = shown(list(finals))
+        low = shown([loss.low for _, loss in spreads])
+        high = shown([loss.high for _, loss in spreads])
+        right.errorbar(mid, y, xerr=(mid - low, high - mid), fmt="none", ecolor="black", elinewidth=0.8)
     for row, final in zip(y, finals, strict=True):
         if not np.isfinite(final):
             right.text(top, row, " diverged", va="center", ha="right", fontsize=7, color="white")
     threshold = results[0].threshold
     right.axvline(threshold, color=OKABE_ITO[1], linestyle="--", linewidth=1, label=f"loss {threshold:g}")
     right.set_xlim(0, top)
-    right.set(xlabel="held-out loss after the budget", title="final loss (green: reached the threshold)")
+    title = "final loss (green: reached the threshold)"
+    if seeded:
+        title = "final loss (green: every run trains)"
+    right.set(xlabel="held-out loss after the budget", title=title)
     right.legend(fontsize=7, loc="lower right", framealpha=1.0)
     right.grid(True, axis="x", alpha=0.3)
     return fig

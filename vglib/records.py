@@ -31,9 +31,9 @@ another seed, can differ as much as another draw does.
 
 A recorded value is exactly what the computation returns, through a JSON encoding that keeps
 NumPy arrays, tuples, dicts with non-string keys and vglib's result types (``TrainingHistory``,
-``MonitorTable``, ``HarnessResult``, ``Remedy``, ``SeedSpread``); a live value goes through the same
-encoding, so a chapter sees the same types either way. A training history's monitor comes back as
-a :class:`RecordedMonitor` that holds its table.
+``MonitorTable``, ``HarnessResult``, ``HarnessRuns``, ``Remedy``, ``SeedSpread``); a live value goes
+through the same encoding, so a chapter sees the same types either way. A training history's
+monitor comes back as a :class:`RecordedMonitor` that holds its table.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from ._seed import SeedSpread, seed_offset
-from .harness import HarnessResult, Remedy
+from .harness import HarnessResult, HarnessRuns, Remedy
 from .monitor import GradientMonitor, MonitorTable
 from .train import TrainingHistory
 
@@ -105,7 +105,15 @@ class RecordedMonitor:
 
 _DATACLASSES: dict[str, type] = {
     cls.__name__: cls
-    for cls in (TrainingHistory, MonitorTable, HarnessResult, Remedy, SeedSpread, RecordedMonitor)
+    for cls in (
+        TrainingHistory,
+        MonitorTable,
+        HarnessResult,
+        HarnessRuns,
+        Remedy,
+        SeedSpread,
+        RecordedMonitor,
+    )
 }
 
 

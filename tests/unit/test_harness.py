@@ -9,6 +9,7 @@ from torch.nn import functional as F
 
 import vglib
 from vglib.harness import HARNESS_BATCH
+from vglib.train import TrainingHistory
 
 
 def test_gradient_ratio_is_the_first_minibatch_gradient_ratio_at_init():
@@ -130,3 +131,61 @@ def test_run_harnesses_refuses_bad_input_clearly():
         vglib.run_harnesses([remedy, remedy.but("x", depth=3)])
     with pytest.raises(ValueError, match="processes"):
         vglib.run_harnesses([remedy], processes=0)
+
+
+def fake_run(remedy, seed, steps, final_loss=0.3, ratio=0.1):
+    """A HarnessResult with the given outcome (no training: for the bookkeeping of HarnessRuns)."""
+    history = TrainingHistory(np.zeros(400), np.arange(20, 401, 20), np.zeros(20))
+    return vglib.HarnessResult(remedy, ratio, steps, final_loss, 0.5, history, seed=seed)
+
+
+def test_harness_runs_summarise_seeds_by_median_and_range_counting_misses_as_slowest():
+    remedy = vglib.Remedy("r")
+    runs = vglib.HarnessRuns(
+        remedy,
+        (
+            fake_run(remedy, 0, 100, 0.2, 0.05),
+            fake_run(remedy, 1, None, math.inf, 0.2),
+            fake_run(remedy, 2, 60, 0.4, 0.1),
+        ),
+    )
+    assert runs.seeds == (0, 1, 2) and runs.steps == (100, None, 60)
+    assert runs.steps_to_threshold == 100  # median of 60, 100 and "not reached"
+    assert runs.fastest == 60 and runs.slowest is None
+    assert runs.n_trained == 2 and not runs.trains and not runs.never_trains
+    assert runs.gradient_ratio.median == 0.1 and (runs.gradient_ratio.low, runs.gradient_ratio.high) == (
+        0.05,
+        0.2,
+    )
+    assert runs.final_loss.median == 0.4 and runs.final_loss.high == math.inf
+    mostly_missed = vglib.HarnessRuns(
+        remedy, tuple(fake_run(remedy, s, st) for s, st in ((0, None), (1, 40), (2, None)))
+    )
+    assert mostly_missed.steps_to_threshold is None and mostly_missed.fastest == 40
+    # "faster" needs the ranges of steps to separate; a run that never reached counts as slowest
+    quick = vglib.HarnessRuns(remedy, tuple(fake_run(remedy, s, st) for s, st in ((0, 20), (1, 60), (2, 40))))
+    assert not quick.faster_than(runs)  # its slowest run, 60 steps, is not before runs' fastest, 60
+    early = vglib.HarnessRuns(remedy, tuple(fake_run(remedy, s, 20) for s in range(3)))
+    assert early.faster_than(runs) and early.faster_than(mostly_missed)
+    assert not runs.faster_than(early)  # a run of runs never reached the threshold
+    text = repr(vglib.HarnessTable([runs, mostly_missed]))
+    assert "median (min–max) over 3 seeds" in text
+    assert "100 (60–>400)" in text and "2/3" in text and "(0.200–diverged)" in text
+    assert "1/3" in text and ">400 (40–>400)" in text
+    with pytest.raises(TypeError, match="not both"):
+        vglib.HarnessTable([runs, runs.runs[0]])
+    with pytest.raises(ValueError, match="of its remedy"):
+        vglib.HarnessRuns(remedy, (fake_run(remedy.but("other"), 0, 20),))
+
+
+def test_run_harnesses_over_seeds_trains_each_seed_as_run_harness_does():
+    remedies = [vglib.Remedy("bn", init="default", norm="batch", depth=8, width=16)]
+    seeded = vglib.run_harnesses(remedies, seeds=(0, 3), processes=2, steps=40)
+    assert list(seeded) == ["bn"] and isinstance(seeded["bn"], vglib.HarnessRuns)
+    for run, seed in zip(seeded["bn"].runs, (0, 3), strict=True):
+        alone = vglib.run_harness(remedies[0], seed=seed, steps=40)
+        assert run.seed == seed and np.array_equal(run.history.loss, alone.history.loss)
+    assert not np.array_equal(seeded["bn"].runs[0].history.loss, seeded["bn"].runs[1].history.loss)
+    for bad in ((), (0, 0), (-1,), (1.5,)):
+        with pytest.raises(ValueError, match="seeds must be distinct non-negative ints"):
+            vglib.run_harnesses(remedies, seeds=bad)

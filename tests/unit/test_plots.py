@@ -165,3 +165,19 @@ def test_harness_figure_shows_each_remedy_with_its_ratio_and_loss():
     )  # an infinite loss is marked, not lost
     with pytest.raises(ValueError, match="at least one"):
         vglib.plot_harness_results([])
+
+
+def test_harness_figure_over_seeds_draws_the_median_with_the_range_as_a_whisker():
+    runs = vglib.run_harnesses([vglib.Remedy("tanh", activation="tanh", init="xavier", depth=4, width=16)],
+                               steps=20, seeds=(0, 1, 2), processes=1)["tanh"]  # fmt: skip
+    fig = vglib.plot_harness_results([runs])
+    left, right = fig.axes
+    (bar,) = left.patches
+    assert bar.get_width() == pytest.approx(np.log10(runs.gradient_ratio.median), rel=1e-6)
+    (whiskers,) = [c for c in left.collections if len(c.get_segments()) == 1]
+    (segment,) = whiskers.get_segments()
+    low, high = sorted(segment[:, 0])
+    assert low == pytest.approx(np.log10(runs.gradient_ratio.low), rel=1e-6)
+    assert high == pytest.approx(np.log10(runs.gradient_ratio.high), rel=1e-6)
+    (loss_bar,) = right.patches
+    assert loss_bar.get_width() == pytest.approx(runs.final_loss.median)

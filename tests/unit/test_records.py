@@ -39,6 +39,14 @@ def test_a_harness_result_round_trips_with_its_history_and_monitor_table():
     np.testing.assert_array_equal(recorded["grad_norm"], table["grad_norm"])
 
 
+def test_harness_runs_over_seeds_round_trip_with_every_run():
+    runs = vglib.run_harnesses([vglib.Remedy("small", depth=3)], steps=40, seeds=(0, 1), processes=1)["small"]
+    back = decode(json.loads(json.dumps(encode(runs))))
+    assert isinstance(back, vglib.HarnessRuns) and back.seeds == (0, 1) and back.remedy == runs.remedy
+    assert back.final_loss == runs.final_loss and back.steps == runs.steps
+    np.testing.assert_array_equal(back.runs[1].history.loss, runs.runs[1].history.loss)
+
+
 def test_things_that_cannot_be_recorded_are_refused_by_name():
     with pytest.raises(TypeError, match="cannot record a object"):
         encode(object())
