@@ -281,7 +281,10 @@ def run_harness(
             eval_every=HARNESS_EVAL_EVERY,
             monitor_every=HARNESS_MONITOR_EVERY,
         )
-    table = history.monitor.table()  # type: ignore[union-attr]
+    # keep the monitor's table, not the monitor: it holds the model and its hooks, which are heavy
+    # to send back from a worker process (and a recording keeps only the table anyway)
+    history = replace(history, monitor=history.monitor.recorded())  # type: ignore[union-attr]
+    table = history.monitor.table()
     first_step = table.step == table.step.min()
     grads = {n: g for n, g in zip(table.layer[first_step], table["grad_norm"][first_step], strict=True)}
     ratio = _ratio(grads[hidden[0]], grads[hidden[-1]])

@@ -31,6 +31,7 @@ __all__ = [
     "Diagnosis",
     "GradientMonitor",
     "MonitorTable",
+    "RecordedMonitor",
     "diagnose",
     "loss_stalled",
 ]
@@ -100,6 +101,17 @@ class MonitorTable:
         for s, n, v in zip(self.step[mask], self.layer[mask], self[column][mask], strict=True):
             values[row_of[n], col_of[s]] = v
         return names, steps, values
+
+
+@dataclass(frozen=True)
+class RecordedMonitor:
+    """What is kept of a ``GradientMonitor`` once training is over: its table, without the model
+    and the hooks (light to send between processes and to record)."""
+
+    recorded_table: MonitorTable
+
+    def table(self) -> MonitorTable:
+        return self.recorded_table
 
 
 class GradientMonitor:
@@ -315,6 +327,10 @@ class GradientMonitor:
         steps = np.array([step for step, _ in records])
         counts = np.stack([c for _, c in records])
         return steps, np.linspace(low, high, HISTOGRAM_BINS + 1), counts
+
+    def recorded(self) -> RecordedMonitor:
+        """The table recorded so far, kept apart from the model (see ``RecordedMonitor``)."""
+        return RecordedMonitor(self.table())
 
     def table(self) -> MonitorTable:
         """Everything recorded so far, as columns."""

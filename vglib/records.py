@@ -51,7 +51,7 @@ import torch
 
 from ._seed import SeedSpread, seed_offset
 from .harness import HarnessResult, HarnessRuns, Remedy
-from .monitor import GradientMonitor, MonitorTable
+from .monitor import GradientMonitor, MonitorTable, RecordedMonitor
 from .train import TrainingHistory
 
 __all__ = [
@@ -91,16 +91,6 @@ def records_mode() -> str:
     if mode not in RECORDS_MODES:
         raise ValueError(f"VGLIB_RECORDS must be one of {', '.join(RECORDS_MODES)}, got {mode!r}")
     return mode
-
-
-@dataclasses.dataclass(frozen=True)
-class RecordedMonitor:
-    """What a recording keeps of a ``GradientMonitor``: its table."""
-
-    recorded_table: MonitorTable
-
-    def table(self) -> MonitorTable:
-        return self.recorded_table
 
 
 _DATACLASSES: dict[str, type] = {

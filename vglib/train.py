@@ -13,7 +13,7 @@ from ._seed import generator as seeded_generator
 from ._seed import torch_seed
 from ._state import buffers_kept
 from ._validation import check_choice, check_positive_int
-from .monitor import GradientMonitor
+from .monitor import GradientMonitor, RecordedMonitor
 from .probes import _default_loss
 
 __all__ = ["OPTIMIZERS", "TrainingHistory", "train"]
@@ -28,7 +28,7 @@ class TrainingHistory:
     loss: np.ndarray
     eval_steps: np.ndarray
     eval_loss: np.ndarray
-    monitor: GradientMonitor | None = None
+    monitor: GradientMonitor | RecordedMonitor | None = None
 
     @property
     def final_eval_loss(self) -> float:
