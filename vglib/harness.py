@@ -219,6 +219,46 @@ class HarnessRuns:
         """Whether no run reached the threshold."""
         return self.n_trained == 0
 
+    def ratio_text(self, fmt: str = ".1e") -> str:
+        """The gradient ratio at init as "median (low–high)"."""
+        ratio = self.gradient_ratio
+        return f"{ratio.median:{fmt}} ({ratio.low:{fmt}}–{ratio.high:{fmt}})"
+
+    def steps_text(self) -> str:
+        """Steps to the threshold as "median (fewest–most)"; ``>N`` stands for a run that did not
+        reach it within its N steps, and "not within N" for a remedy none of whose runs did."""
+        over = f">{self.budget}"
+        if self.never_trains:
+            return f"not within {self.budget}"
+        median, slowest = self.steps_to_threshold, self.slowest
+        return (
+            f"{median if median is not None else over} "
+            f"({self.fastest}–{slowest if slowest is not None else over})"
+        )
+
+    def loss_text(self, fmt: str = ".3f") -> str:
+        """The final held-out loss as "median (low–high)"; a diverged run reads "diverged"."""
+        loss = self.final_loss
+
+        def one(value: float) -> str:
+            return f"{value:{fmt}}" if math.isfinite(value) else "diverged"
+
+        return f"{one(loss.median)} ({one(loss.low)}–{one(loss.high)})"
+
+    def trained_text(self) -> str:
+        """How many runs reached the threshold: "2 of 3"."""
+        return f"{self.n_trained} of {len(self.runs)}"
+
+    def glue(self, prefix: str, *, ratio_fmt: str = ".1e", loss_fmt: str = ".3f") -> None:
+        """Glue the texts above for the page: ``{prefix}_ratio``, ``{prefix}_steps``,
+        ``{prefix}_loss`` and ``{prefix}_trained``."""
+        from ._glue import glue
+
+        glue(f"{prefix}_ratio", self.ratio_text(ratio_fmt))
+        glue(f"{prefix}_steps", self.steps_text())
+        glue(f"{prefix}_loss", self.loss_text(loss_fmt))
+        glue(f"{prefix}_trained", self.trained_text())
+
     def faster_than(self, other: HarnessRuns) -> bool:
         """Whether every run of this remedy reached the threshold before any run of ``other`` did
         (the ranges of steps do not overlap)."""
@@ -444,24 +484,8 @@ class HarnessTable:
 
     @staticmethod
     def _seeded(r: HarnessRuns) -> tuple[str, ...]:
-        ratio = r.gradient_ratio
-        budget = f">{r.budget}"
-        if r.never_trains:
-            steps = f"not in {r.budget}"
-        else:
-            median, low = r.steps_to_threshold, r.fastest
-            high = r.slowest
-            steps = (
-                f"{median if median is not None else budget} ({low}–{high if high is not None else budget})"
-            )
-        loss = r.final_loss
-        return (
-            r.remedy.label,
-            f"{ratio.median:.1e} ({ratio.low:.1e}–{ratio.high:.1e})",
-            steps,
-            f"{r.n_trained}/{len(r.runs)}",
-            f"{_loss_text(loss.median)} ({_loss_text(loss.low)}–{_loss_text(loss.high)})",
-        )
+        steps = r.steps_text().replace("within", "in")
+        return (r.remedy.label, r.ratio_text(), steps, f"{r.n_trained}/{len(r.runs)}", r.loss_text())
 
     def rows(self) -> list[tuple[str, ...]]:
         """Each result as formatted cells."""

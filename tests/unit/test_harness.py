@@ -168,6 +168,11 @@ def test_harness_runs_summarise_seeds_by_median_and_range_counting_misses_as_slo
     early = vglib.HarnessRuns(remedy, tuple(fake_run(remedy, s, 20) for s in range(3)))
     assert early.faster_than(runs) and early.faster_than(mostly_missed)
     assert not runs.faster_than(early)  # a run of runs never reached the threshold
+    assert runs.steps_text() == "100 (60–>400)" and mostly_missed.steps_text() == ">400 (40–>400)"
+    never = vglib.HarnessRuns(remedy, (fake_run(remedy, 0, None), fake_run(remedy, 1, None)))
+    assert never.steps_text() == "not within 400" and never.trained_text() == "0 of 2"
+    assert runs.loss_text() == "0.400 (0.200–diverged)" and runs.trained_text() == "2 of 3"
+    assert runs.ratio_text(".2f") == "0.10 (0.05–0.20)"
     text = repr(vglib.HarnessTable([runs, mostly_missed]))
     assert "median (min–max) over 3 seeds" in text
     assert "100 (60–>400)" in text and "2/3" in text and "(0.200–diverged)" in text
