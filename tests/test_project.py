@@ -213,6 +213,19 @@ def glued(path: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_each_glued_name_is_glued_once(path):
+    """Two glues under one name (say a median's `name_low` and another quantity's `name` + `_low`)
+    leave the page showing whichever came last."""
+    names = [
+        output["metadata"]["scrapbook"]["name"]
+        for cell in code_cells(path)
+        for output in cell["outputs"]
+        if "application/papermill.record/text/plain" in output.get("data", {})
+    ]
+    assert not sorted({n for n in names if names.count(n) > 1})
+
+
 def test_nbval_compares_no_fewer_outputs_than_before():
     baseline = json.loads((ROOT / "tests" / "nbval_baseline.json").read_text())["outputs"]
     assert sorted(baseline) == sorted(str(p.relative_to(ROOT)) for p in CHAPTERS)

@@ -349,16 +349,25 @@ def plot_order_to_chaos(activation: str, sigma_w2s: Sequence[float], sigma_b2: f
 
 
 def plot_training_curves(
-    histories: Mapping[str, TrainingHistory], *, baseline: float | None = None, title: str = ""
+    histories: Mapping[str, TrainingHistory | Sequence[TrainingHistory]],
+    *,
+    baseline: float | None = None,
+    title: str = "",
 ) -> Figure:
-    """Held-out loss against training step for labelled runs, with an optional baseline marked."""
+    """Held-out loss against training step for labelled runs, with an optional baseline marked.
+    A label may hold several runs (one per seed): they share its colour, one thin line each."""
     if not histories:
         raise ValueError("plot_training_curves needs at least one history")
     fig = _new_figure(6.4, 3.6)
     ax = fig.add_subplot()
-    for i, (label, history) in enumerate(histories.items()):
-        ax.plot(history.eval_steps, history.eval_loss, color=OKABE_ITO[i % 7], marker="os^D"[i % 4],
-                markersize=3, label=label)  # fmt: skip
+    for i, (label, runs) in enumerate(histories.items()):
+        runs = [runs] if isinstance(runs, TrainingHistory) else list(runs)
+        if not runs or not all(isinstance(r, TrainingHistory) for r in runs):
+            raise TypeError(f"{label!r}: give a TrainingHistory or a sequence of them")
+        for k, history in enumerate(runs):
+            ax.plot(history.eval_steps, history.eval_loss, color=OKABE_ITO[i % 7], marker="os^D"[i % 4],
+                    markersize=3 if len(runs) == 1 else 2, linewidth=1.5 if len(runs) == 1 else 0.9,
+                    label=label if k == 0 else None)  # fmt: skip
     if baseline is not None:
         ax.axhline(baseline, color="0.3", linestyle="--", linewidth=1, label=f"baseline {baseline:.3g}")
     ax.set(xlabel="training step", ylabel="held-out loss (MSE)", title=title)

@@ -168,9 +168,14 @@ def test_harness_runs_summarise_seeds_by_median_and_range_counting_misses_as_slo
     early = vglib.HarnessRuns(remedy, tuple(fake_run(remedy, s, 20) for s in range(3)))
     assert early.faster_than(runs) and early.faster_than(mostly_missed)
     assert not runs.faster_than(early)  # a run of runs never reached the threshold
+    assert early.steps_relation(runs) == "lies entirely below"
+    assert runs.steps_relation(early) == "lies entirely above"
+    assert quick.steps_relation(runs) == "overlaps" and runs.steps_relation(quick) == "overlaps"
     assert runs.steps_text() == "100 (60–>400)" and mostly_missed.steps_text() == ">400 (40–>400)"
     never = vglib.HarnessRuns(remedy, (fake_run(remedy, 0, None), fake_run(remedy, 1, None)))
     assert never.steps_text() == "not within 400" and never.trained_text() == "0 of 2"
+    diverged = vglib.HarnessRuns(remedy, tuple(fake_run(remedy, s, None, math.inf) for s in (0, 1)))
+    assert diverged.loss_text() == "diverged"
     assert runs.loss_text() == "0.400 (0.200–diverged)" and runs.trained_text() == "2 of 3"
     assert runs.ratio_text(".2f") == "0.10 (0.05–0.20)"
     text = repr(vglib.HarnessTable([runs, mostly_missed]))
@@ -194,3 +199,14 @@ def test_run_harnesses_over_seeds_trains_each_seed_as_run_harness_does():
     for bad in ((), (0, 0), (-1,), (1.5,)):
         with pytest.raises(ValueError, match="seeds must be distinct non-negative ints"):
             vglib.run_harnesses(remedies, seeds=bad)
+
+
+def test_linear_baseline_is_the_held_out_loss_of_least_squares():
+    (x, y), (x_test, y_test) = vglib.harness_data()
+    # independently: the normal equations in float64 with torch
+    design = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], dim=1)
+    coef = torch.linalg.solve(design.T @ design, design.T @ y.double())
+    test_design = torch.cat([x_test.double(), torch.ones(len(x_test), 1, dtype=torch.float64)], dim=1)
+    expected = float(((test_design @ coef - y_test.double()) ** 2).mean())
+    assert vglib.harness_linear_baseline() == pytest.approx(expected, rel=1e-9)
+    assert vglib.harness_linear_baseline() < vglib.HARNESS_THRESHOLD < float(y_test.pow(2).mean())

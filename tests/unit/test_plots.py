@@ -133,6 +133,20 @@ def test_training_curves_show_each_run_and_the_baseline():
         vglib.plot_training_curves({})
 
 
+def test_training_curves_draw_every_seed_of_a_label_in_its_colour_with_one_legend_entry():
+    from vglib.train import TrainingHistory
+
+    seeds = [TrainingHistory(np.ones(4), np.array([2, 4]), np.array([0.5, v])) for v in (0.1, 0.2, 0.3)]
+    alone = TrainingHistory(np.ones(4), np.array([2, 4]), np.array([0.9, 0.8]))
+    ax = vglib.plot_training_curves({"three seeds": seeds, "one": alone}).axes[0]
+    assert [line.get_ydata()[-1] for line in ax.lines] == [0.1, 0.2, 0.3, 0.8]
+    colours = [line.get_color() for line in ax.lines]
+    assert colours[0] == colours[1] == colours[2] != colours[3]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["three seeds", "one"]
+    with pytest.raises(TypeError, match="sequence of them"):
+        vglib.plot_training_curves({"bad": [0.5]})
+
+
 def test_plot_curves_pairs_dashed_theory_with_its_measurement():
     fig = vglib.plot_curves(
         np.arange(3), {"measured": np.ones(3), "theory": np.ones(3), "other": np.zeros(3)},
