@@ -43,6 +43,7 @@ from ._validation import check_positive_int
 from .data import teacher_student
 from .initialization import lsuv_init, weight_layers
 from .models import build_network
+from .monitor import MonitorTable
 from .train import TrainingHistory, train
 
 __all__ = [
@@ -143,6 +144,13 @@ class HarnessResult:
         """Whether the held-out loss reached the threshold within the budget."""
         return self.steps_to_threshold is not None
 
+    def gradient_ratio_at(self, step: int) -> float:
+        """The gradient ratio (as ``gradient_ratio``: first over last hidden layer, weight and
+        bias together) at a later step the monitor sampled (every ``HARNESS_MONITOR_EVERY``
+        steps), before that step's update."""
+        hidden = hidden_weight_layers(self.remedy.build(self.seed))
+        return _ratio_at(self.history.monitor.table(), hidden, step)  # type: ignore[union-attr]
+
 
 @dataclass(frozen=True)
 class HarnessRuns:
@@ -176,6 +184,10 @@ class HarnessRuns:
     @property
     def gradient_ratio(self) -> SeedSpread:
         return SeedSpread(self.seeds, tuple(r.gradient_ratio for r in self.runs))
+
+    def gradient_ratio_at(self, step: int) -> SeedSpread:
+        """``HarnessResult.gradient_ratio_at`` of every run."""
+        return SeedSpread(self.seeds, tuple(r.gradient_ratio_at(step) for r in self.runs))
 
     @property
     def final_loss(self) -> SeedSpread:
@@ -353,9 +365,7 @@ def run_harness(
     # to send back from a worker process (and a recording keeps only the table anyway)
     history = replace(history, monitor=history.monitor.recorded())  # type: ignore[union-attr]
     table = history.monitor.table()
-    first_step = table.step == table.step.min()
-    grads = {n: g for n, g in zip(table.layer[first_step], table["grad_norm"][first_step], strict=True)}
-    ratio = _ratio(grads[hidden[0]], grads[hidden[-1]])
+    ratio = _ratio_at(table, hidden, int(table.step.min()))
     reached = np.nonzero(history.eval_loss <= threshold)[0]
     final = float(history.eval_loss[-1])
     return HarnessResult(
@@ -457,6 +467,15 @@ def run_harnesses(
         return {r.label: result for r, result in zip(remedies, done, strict=True)}
     per = len(seeds)
     return {r.label: HarnessRuns(r, tuple(done[i * per : (i + 1) * per])) for i, r in enumerate(remedies)}
+
+
+def _ratio_at(table: MonitorTable, hidden: list[str], step: int) -> float:
+    """The first over the last hidden layer's gradient norm in the monitor's table at ``step``."""
+    at = table.step == step
+    if not at.any():
+        raise ValueError(f"the monitor sampled steps {sorted(set(table.step.tolist()))}, not {step}")
+    grads = {n: g for n, g in zip(table.layer[at], table["grad_norm"][at], strict=True)}
+    return _ratio(grads[hidden[0]], grads[hidden[-1]])
 
 
 def _ratio(first: float, last: float) -> float:

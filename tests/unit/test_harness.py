@@ -210,3 +210,27 @@ def test_linear_baseline_is_the_held_out_loss_of_least_squares():
     expected = float(((test_design @ coef - y_test.double()) ** 2).mean())
     assert vglib.harness_linear_baseline() == pytest.approx(expected, rel=1e-9)
     assert vglib.harness_linear_baseline() < vglib.HARNESS_THRESHOLD < float(y_test.pow(2).mean())
+
+
+def test_gradient_ratio_at_a_later_step_is_measured_on_the_trained_weights():
+    remedy = vglib.Remedy("bn", init="default", norm="batch", depth=6, width=32)
+    result = vglib.run_harness(remedy, steps=21)
+    assert result.gradient_ratio_at(0) == result.gradient_ratio
+    # by hand: the same 20 steps, then the gradient of the 21st minibatch
+    (x, y), _ = vglib.harness_data()
+    model = remedy.build(0)
+    vglib.train(model, x, y, steps=20, lr=remedy.lr, batch_size=HARNESS_BATCH, optimizer="sgd",
+                momentum=remedy.momentum, seed=0)  # fmt: skip
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(21):
+        index = torch.randint(0, len(x), (HARNESS_BATCH,), generator=generator)
+    model.zero_grad()
+    F.mse_loss(model(x[index]), y[index]).backward()
+
+    def layer_grad(name):
+        return math.sqrt(sum(float(p.grad.pow(2).sum()) for p in model.get_submodule(name).parameters()))
+
+    expected = layer_grad("linear1") / layer_grad("linear6")
+    assert result.gradient_ratio_at(20) == pytest.approx(expected, rel=1e-4)
+    with pytest.raises(ValueError, match="not 7"):
+        result.gradient_ratio_at(7)
