@@ -41,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -119,8 +120,16 @@ def encode(value: Any) -> Any:
         value = value.detach().cpu().numpy()
     if isinstance(value, np.ndarray):
         if value.dtype.kind == "f":
-            items = [encode(float(v)) for v in value.ravel().tolist()]
-        elif value.dtype.kind in "biuU":
+            return _encode_floats(value)
+        if value.dtype == object and value.size and all(isinstance(v, str) for v in value.ravel().tolist()):
+            names = list(dict.fromkeys(value.ravel().tolist()))  # each distinct string once, then indices
+            code = {name: i for i, name in enumerate(names)}
+            return {
+                "__strings__": names,
+                "codes": [code[v] for v in value.ravel().tolist()],
+                "shape": list(value.shape),
+            }
+        if value.dtype.kind in "biuU":
             items = value.ravel().tolist()
         else:
             items = [encode(v) for v in value.ravel().tolist()]
@@ -150,6 +159,33 @@ def encode(value: Any) -> Any:
     )
 
 
+_NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def _encode_floats(value: np.ndarray) -> dict[str, Any]:
+    """A float array, compactly: non-finite values as the strings "nan", "inf" and "-inf", and, when
+    every value is a float32 (as norms and losses computed in float32 are), each written as the
+    shortest decimal that gives that float32 back, which decoding restores exactly."""
+    flat = value.ravel().astype(np.float64)
+    finite = np.isfinite(flat)
+    numbers = flat[finite]
+    short = np.array([float(str(v)) for v in numbers.astype(np.float32)], dtype=np.float64)
+    float32 = bool(np.array_equal(short.astype(np.float32).astype(np.float64), numbers))
+    written = iter((short if float32 else numbers).tolist())
+    items = [
+        next(written) if ok else repr(float(v)) for ok, v in zip(finite.tolist(), flat.tolist(), strict=True)
+    ]
+    return {"__floats__": items, "float32": float32, "dtype": str(value.dtype), "shape": list(value.shape)}
+
+
+def _decode_floats(value: dict[str, Any]) -> np.ndarray:
+    items = value["__floats__"]
+    flat = np.array([_NON_FINITE[v] if isinstance(v, str) else v for v in items], dtype=np.float64)
+    if value["float32"]:
+        flat = flat.astype(np.float32).astype(np.float64)
+    return flat.astype(value["dtype"]).reshape(value["shape"])
+
+
 def decode(value: Any) -> Any:
     """The inverse of :func:`encode`."""
     if isinstance(value, list):
@@ -158,7 +194,13 @@ def decode(value: Any) -> Any:
         return value
     if "__float__" in value:
         return float(value["__float__"])
-    if "__ndarray__" in value:
+    if "__floats__" in value:
+        return _decode_floats(value)
+    if "__strings__" in value:
+        strings = np.empty(len(value["codes"]), dtype=object)
+        strings[:] = [value["__strings__"][i] for i in value["codes"]]
+        return strings.reshape(value["shape"])
+    if "__ndarray__" in value:  # as recorded before float arrays were written compactly
         items = [decode(v) for v in value["__ndarray__"]]
         array = np.empty(len(items), dtype=object)
         array[:] = items

@@ -27,6 +27,37 @@ def test_values_round_trip_through_the_recording_with_their_types():
     assert back[1.5] == (1, "x", None, True) and back["lstm", 2] == [0.5, 4]
 
 
+def test_float_arrays_are_written_compactly_and_read_back_bit_for_bit():
+    rng = np.random.default_rng(0)
+    float32_values = (
+        rng.standard_normal(500).astype(np.float32).astype(np.float64)
+    )  # as norms computed in float32
+    float32_values[[3, 7, 11]] = [np.nan, np.inf, -np.inf]
+    float64_values = rng.standard_normal(500)
+    for array in (
+        float32_values,
+        float64_values,
+        float32_values.astype(np.float32).reshape(20, 25),
+        np.array([]),
+    ):
+        stored = encode(array)
+        back = decode(json.loads(json.dumps(stored)))
+        assert back.dtype == array.dtype and back.shape == array.shape
+        assert np.array_equal(back, array, equal_nan=True)
+    compact, full = json.dumps(encode(float32_values)), json.dumps(encode(float64_values))
+    assert encode(float32_values)["float32"] and not encode(float64_values)["float32"]
+    assert len(compact) < 0.7 * len(full)  # shortest float32 decimals, and "nan" for NaN
+    assert '"nan"' in compact and "__float__" not in compact
+    names = np.array(["linear1", "act1", "linear1", "head"], dtype=object)  # a monitor table's layer column
+    stored = encode(names)
+    assert stored["__strings__"] == ["linear1", "act1", "head"] and stored["codes"] == [0, 1, 0, 2]
+    back = decode(json.loads(json.dumps(stored)))
+    assert back.dtype == object and back.tolist() == names.tolist()
+    # recordings written before: every float its own item, non-finite values as {"__float__": ...}
+    old = {"__ndarray__": [0.5, {"__float__": "nan"}], "dtype": "float64", "shape": [2]}
+    np.testing.assert_array_equal(decode(old), [0.5, np.nan])
+
+
 def test_a_harness_result_round_trips_with_its_history_and_monitor_table():
     result = vglib.run_harness(vglib.Remedy("small", depth=3), steps=40)
     back = decode(json.loads(json.dumps(encode(result))))
