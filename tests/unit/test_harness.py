@@ -20,6 +20,8 @@ def test_gradient_ratio_is_the_first_minibatch_gradient_ratio_at_init():
     (x, y), _ = vglib.harness_data()
     model = remedy.build(0)
     index = torch.randint(0, len(x), (HARNESS_BATCH,), generator=torch.Generator().manual_seed(0))
+    x_first, y_first = vglib.harness_first_batch(0)
+    assert torch.equal(x_first, x[index]) and torch.equal(y_first, y[index])
     F.mse_loss(model(x[index]), y[index]).backward()
 
     def layer_grad(name):
