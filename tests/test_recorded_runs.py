@@ -134,6 +134,9 @@ def test_recorded_harness_runs_agree_with_a_fresh_run_before_chaos_sets_in():
     for recorded in sample(runs, 2):
         fresh = vglib.run_harness(recorded.remedy, seed=recorded.seed, steps=vglib.harness.HARNESS_EVAL_EVERY)
         label = recorded.remedy.label
-        assert fresh.gradient_ratio == pytest.approx(recorded.gradient_ratio, rel=0.05), label
-        assert fresh.history.loss[0] == pytest.approx(recorded.history.loss[0], rel=1e-4), label
-        assert fresh.history.eval_loss[0] == pytest.approx(recorded.history.eval_loss[0], rel=0.05), label
+        # a run that diverges within 20 steps has NaN there, in the recording and afresh alike
+        assert fresh.gradient_ratio == pytest.approx(recorded.gradient_ratio, rel=0.05, nan_ok=True), label
+        assert fresh.history.loss[0] == pytest.approx(recorded.history.loss[0], rel=1e-4, nan_ok=True), label
+        assert fresh.history.eval_loss[0] == pytest.approx(
+            recorded.history.eval_loss[0], rel=0.05, nan_ok=True
+        ), label
