@@ -9,6 +9,7 @@ from ._glue import glue, rounded
 from ._seed import SeedSpread, over_seeds, seed_everything, seed_offset, shifted_seed, torch_seed
 from .activations import ACTIVATIONS, Activation, activation_derivative, get_activation
 from .data import ADDING_BASELINE_MSE, adding_problem, probe_batch, teacher_student
+from .diagnosis import Diagnosis, diagnose, loss_stalled
 from .harness import (
     HARNESS_SEEDS,
     HARNESS_STEPS,
@@ -40,7 +41,7 @@ from .models import (
     build_recurrent,
     build_rnn,
 )
-from .monitor import Diagnosis, GradientMonitor, MonitorTable, diagnose, loss_stalled
+from .monitor import GradientMonitor
 from .plots import (
     UNDERFLOW_FLOOR,
     CurveFigure,
@@ -66,8 +67,9 @@ from .probes import (
     jacobian_singular_values,
     saved_for_backward_megabytes,
 )
-from .records import RecordedMonitor, Records, load_model_state, model_state, records_mode
+from .records import Records, load_model_state, model_state, records_mode
 from .static import Control
+from .tables import MonitorTable, RecordedMonitor
 from .theory import (
     chain_rule_bound,
     chi,

@@ -43,11 +43,12 @@ from torch import nn
 
 from ._seed import SeedSpread, torch_seed
 from ._seed import generator as seeded_generator
+from ._tensors import to_numpy
 from ._validation import check_positive_int
 from .data import teacher_student
 from .initialization import lsuv_init, weight_layers
 from .models import build_network
-from .monitor import MonitorTable
+from .tables import MonitorTable
 from .train import TrainingHistory, train
 
 __all__ = [
@@ -313,11 +314,11 @@ def harness_linear_baseline() -> float:
     (x, y), (x_test, y_test) = harness_data()
 
     def design(inputs: torch.Tensor) -> np.ndarray:
-        inputs64 = inputs.double().numpy()
+        inputs64 = to_numpy(inputs.double())
         return np.hstack([inputs64, np.ones((len(inputs64), 1))])
 
-    coef, *_ = np.linalg.lstsq(design(x), y.double().numpy(), rcond=None)
-    return float(np.mean((design(x_test) @ coef - y_test.double().numpy()) ** 2))
+    coef, *_ = np.linalg.lstsq(design(x), to_numpy(y.double()), rcond=None)
+    return float(np.mean((design(x_test) @ coef - to_numpy(y_test.double())) ** 2))
 
 
 def harness_first_batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

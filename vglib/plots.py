@@ -23,8 +23,8 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocato
 from ._seed import SeedSpread
 from .activations import get_activation
 from .harness import HarnessResult, HarnessRuns
-from .monitor import MonitorTable
 from .probes import GradientProfile
+from .tables import MonitorTable
 from .train import TrainingHistory
 
 __all__ = [

@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ._state import buffers_kept
+from ._tensors import to_numpy
 from .activations import get_activation
 from .initialization import weight_layers
 
@@ -339,7 +340,7 @@ def jacobian_singular_values(
 
     with torch.enable_grad():
         jacobian = torch.func.jacrev(flat)(x.detach().to(dtype))
-    return torch.linalg.svdvals(jacobian.detach().double()).numpy()
+    return to_numpy(torch.linalg.svdvals(jacobian.detach().double()))
 
 
 def saved_for_backward_megabytes(

@@ -51,8 +51,10 @@ import numpy as np
 import torch
 
 from ._seed import SeedSpread, seed_offset
+from ._tensors import to_numpy
 from .harness import HarnessResult, HarnessRuns, Remedy
-from .monitor import GradientMonitor, MonitorTable, RecordedMonitor
+from .monitor import GradientMonitor
+from .tables import MonitorTable, RecordedMonitor
 from .train import TrainingHistory
 
 __all__ = [
@@ -117,7 +119,7 @@ def encode(value: Any) -> Any:
     if isinstance(value, np.generic):
         return encode(value.item())
     if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
+        value = to_numpy(value)
     if isinstance(value, np.ndarray):
         if value.dtype.kind == "f":
             return _encode_floats(value)
@@ -306,7 +308,7 @@ class Records:
 
 def model_state(model: torch.nn.Module) -> dict[str, np.ndarray]:
     """The model's ``state_dict`` as NumPy arrays (copies), to record a trained network."""
-    return {name: tensor.detach().cpu().numpy().copy() for name, tensor in model.state_dict().items()}
+    return {name: to_numpy(tensor).copy() for name, tensor in model.state_dict().items()}
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, np.ndarray]) -> torch.nn.Module:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._tensors import to_numpy
 from ._validation import check_choice, check_positive_int
 from .activations import ACTIVATIONS, get_activation
 from .initialization import INITS, init_variance
@@ -107,10 +108,10 @@ def _phi(activation: str) -> tuple[Callable[[np.ndarray], np.ndarray], Callable[
 
     def value(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return module(torch.from_numpy(np.asarray(x, dtype=np.float64))).numpy()
+            return to_numpy(module(torch.from_numpy(np.asarray(x, dtype=np.float64))))
 
     def slope(x: np.ndarray) -> np.ndarray:
-        return act.derivative(torch.from_numpy(np.asarray(x, dtype=np.float64))).numpy()
+        return to_numpy(act.derivative(torch.from_numpy(np.asarray(x, dtype=np.float64))))
 
     return value, slope
 

@@ -13,8 +13,9 @@ from ._seed import generator as seeded_generator
 from ._seed import torch_seed
 from ._state import buffers_kept
 from ._validation import check_choice, check_positive_int
-from .monitor import GradientMonitor, RecordedMonitor
+from .monitor import GradientMonitor
 from .probes import _default_loss
+from .tables import RecordedMonitor
 
 __all__ = ["OPTIMIZERS", "TrainingHistory", "train"]
 
