@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -53,20 +54,29 @@ def test_readme_quick_start_is_exactly_the_two_commands():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
-def test_readme_vglib_example_runs_and_its_comments_are_true():
+def test_readme_vglib_example_runs_as_a_script_and_its_comments_are_true(tmp_path):
+    # as a reader saves and runs it (B17: the worker processes re-import the script)
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## `vglib` in one minute", 1)[1].split("\n## ", 1)[0]
     (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
-    namespace: dict[str, object] = {}
-    exec(compile(code, "README.md", "exec"), namespace)
-    vglib = namespace["vglib"]
     for name in ("ACTIVATIONS", "INITS"):  # the comment beside each shows its value
-        assert f"vglib.{name}  " in code and repr(getattr(vglib, name)) in code
-    assert namespace["report"].status == "vanishing"
-    assert namespace["prof"].per_layer_factor() < 1
-    assert "linear1" in namespace["monitor"].table().layer
-    results = namespace["results"]
+        assert f"vglib.{name}  " in code
+    checks = """
+    assert repr(vglib.ACTIVATIONS) in CODE and repr(vglib.INITS) in CODE
+    assert report.status == "vanishing"
+    assert prof.per_layer_factor() < 1
+    assert "linear1" in monitor.table().layer
     assert not results["ReLU, default init"].trains and results["ReLU, He"].trains
+    print("README example: all comments true")
+"""
+    script = tmp_path / "quickstart.py"
+    script.write_text(f"CODE = {code!r}\n{code}" + checks)
+    done = subprocess.run(
+        [sys.executable, "-W", "error::RuntimeWarning", str(script)], capture_output=True, text=True,
+        cwd=tmp_path, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("README example: all comments true")
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)

@@ -9,7 +9,8 @@ from ._glue import glue, rounded
 from ._seed import SeedSpread, over_seeds, seed_everything, seed_offset, shifted_seed, torch_seed
 from .activations import ACTIVATIONS, Activation, activation_derivative, get_activation
 from .data import ADDING_BASELINE_MSE, adding_problem, probe_batch, teacher_student
-from .diagnosis import Diagnosis, diagnose, loss_stalled
+from .diagnosis import Diagnosis, Finding, diagnose, loss_stalled
+from .flow import GradientFlow, TimeFlow, gradient_flow
 from .harness import (
     HARNESS_SEEDS,
     HARNESS_STEPS,
@@ -106,9 +107,11 @@ __all__ = [
     "CurveFigure",
     "Diagnosis",
     "ElmanRNN",
+    "Finding",
     "ForwardStatistics",
     "GatedRNN",
     "GradientExplorer",
+    "GradientFlow",
     "GradientMonitor",
     "GradientProfile",
     "HarnessResult",
@@ -123,6 +126,7 @@ __all__ = [
     "ResidualBlock",
     "SeedSpread",
     "Series",
+    "TimeFlow",
     "TrainingHistory",
     "activation_derivative",
     "adding_problem",
@@ -145,6 +149,7 @@ __all__ = [
     "glue",
     "gradient_depth_scale",
     "gradient_explorer",
+    "gradient_flow",
     "gradient_profile",
     "harness_data",
     "harness_first_batch",

@@ -1,189 +1,315 @@
 """Verdicts from measurements: ``diagnose`` says whether a model's gradients vanish or explode,
-``loss_stalled`` whether training has stalled."""
+and on what evidence; ``loss_stalled`` whether training has stalled.
+
+``diagnose`` measures with ``gradient_flow`` (one forward and one backward pass; see
+``vglib.flow``) and judges the *backpropagated* gradient ``||dL/dh||``, per element, at every
+layer's output and, for a sequence, at every time step. It does not judge weight gradients:
+those are the backpropagated gradient times the layer's input, so a forward signal that shrinks
+as the backward one grows (or the other way round) makes them look balanced while the gradient
+vanishes, and their size relative to ``||W||`` misreads layers initialised at or near zero
+(LayerScale, zero-initialised residual branches) and embeddings (whose norm grows with the
+vocabulary). Every rule, its threshold and the reason for its value are below; each finding names
+the rule, the measured value, the threshold and where.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch import nn
 
-from ._tensors import exact_norm
 from ._validation import check_positive_int
-from .probes import _check_tensor, _default_loss
+from .flow import GradientFlow, Inputs, gradient_flow
 
 __all__ = [
-    "EXPLODING_RATIO",
-    "EXPLODING_RELATIVE_GRADIENT",
+    "COLLAPSE_SPREAD",
+    "DEPTH_DECADES",
+    "MIN_DEPTH",
     "STALL_WINDOW",
-    "VANISHING_RATIO",
+    "STATUSES",
+    "TIME_DECADES",
     "Diagnosis",
+    "Finding",
     "diagnose",
     "loss_stalled",
 ]
 
-VANISHING_RATIO = 1e-3
-"""Vanishing: the first layer's relative gradient ||dL/dW||/||W|| is below this fraction of the
-last hidden layer's. The first layer would then learn a thousand times more slowly than the last."""
+STATUSES = ("healthy", "vanishing", "exploding", "undetermined")
 
-EXPLODING_RATIO = 1e3
-"""Exploding: the first layer's relative gradient is this many times the last hidden layer's."""
+DEPTH_DECADES = 3.0
+"""Vanishing (exploding) over depth: along a robust straight-line fit of ``log10 ||dL/dh||`` per
+element against the layer's position, the gradient at the first hidden layer is below
+``10**-DEPTH_DECADES`` (above ``10**DEPTH_DECADES``) times that at the last hidden layer. Why a
+thousand: the layers near the input then receive a thousandth of the gradient of the layers near
+the output, so at any learning rate that keeps the output layers stable they learn a thousand
+times more slowly (or, exploding, are a thousand times too large a step). A fit over every layer
+instead of the first and last alone keeps one unusual layer (a stem, an embedding, a zero-
+initialised branch) from deciding the verdict."""
 
-EXPLODING_RELATIVE_GRADIENT = 1e3
-"""Exploding: some layer's ||dL/dW|| exceeds this multiple of ||W||: even a learning rate of 1e-3
-would move its weights by more than their own size in one step."""
+TIME_DECADES = 3.0
+"""Vanishing (exploding) over time: by the same fit over the time steps, the gradient reaching
+the first step of the sequence is below ``10**-TIME_DECADES`` (above ``10**TIME_DECADES``) times
+the gradient reaching the last. The same thousandfold learning-speed argument applies to the
+weights that must use the early steps."""
+
+MIN_DEPTH = 2
+"""Fewest hidden layers (layer outputs before the output layer, with a gradient) a depth verdict
+needs: with one there is no depth to vanish over."""
+
+COLLAPSE_SPREAD = 1e-4
+"""Forward collapse: at some layer the median unit's standard deviation over the batch is below
+this fraction of the layer output's root mean square, so every example yields nearly the same
+output and the layers above cannot tell the examples apart. It looks like vanishing (nothing
+learns) but is a forward-signal finding. Why 1e-4: float32 resolves relative differences of about
+1e-7; below 1e-4 the differences between examples are a thousandth of what a healthy layer shows
+(0.1 to 1) and within a few digits of rounding."""
 
 _REMEDIES = {
-    "vanishing": [
+    "vanishing": (
         "initialise for the activation: He for ReLU, Xavier/LeCun or orthogonal for tanh "
         "(chapter: Initialisation)",
         "replace sigmoid/tanh in hidden layers by ReLU-family activations (chapter: Activation functions)",
         "add normalisation or residual connections (chapters: Normalisation, Skip connections)",
         "for recurrent models use LSTM/GRU cells (chapter: Gated recurrent units)",
-    ],
-    "exploding": [
+    ),
+    "exploding": (
         "reduce the initial weight scale (chapter: Initialisation)",
         "clip the gradient norm (chapter: Gradient clipping) and lower the learning rate",
-        "add normalisation or residual connections (chapters: Normalisation, Skip connections)",
-    ],
-    "healthy": [],
+        "add normalisation, or scale residual branches down (chapters: Normalisation, Skip connections)",
+    ),
+    "healthy": (),
+    "undetermined": (),
 }
 
 
 @dataclass(frozen=True)
-class Diagnosis:
-    """The verdict of ``diagnose``: ``status`` is ``"healthy"``, ``"vanishing"`` or ``"exploding"``.
+class Finding:
+    """One rule that fired: its name, the measured value, the threshold and where."""
 
-    Per layer (in the order the forward pass calls them, the last being the output layer):
-    ``weight_norms`` ||W||, ``grad_norms`` ||dL/dW|| and their ratio ``relative``. ``flagged``
-    names the layers to look at; ``remedies`` what to try. ``print(diagnosis)`` shows a table.
+    rule: str
+    value: float
+    threshold: float
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.rule} at {self.where}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """The verdict of ``diagnose``.
+
+    ``status`` is one of ``STATUSES``; ``reason`` says why in one line; ``findings`` lists every
+    rule that fired (a forward collapse is reported beside the gradient verdict, not as one).
+    ``depth_change`` is the fitted ratio of the backpropagated gradient (per element) at the first
+    hidden layer to that at the last, and ``depth_factor`` the fitted factor per layer (NaN without
+    enough layers); ``time_change`` the fitted ratio at the first time step to the last (NaN
+    without a time axis). ``flow`` holds every measurement (``vglib.flow.GradientFlow``), and
+    ``flagged`` the layers to look at. ``print(diagnosis)`` shows a table with full layer names.
     """
 
     status: str
     reason: str
-    layer_names: tuple[str, ...]
-    layer_types: tuple[str, ...]
-    weight_norms: np.ndarray
-    grad_norms: np.ndarray
-    relative: np.ndarray
+    findings: tuple[Finding, ...]
+    depth_change: float
+    depth_factor: float
+    time_change: float
     flagged: tuple[str, ...]
     remedies: tuple[str, ...]
+    flow: GradientFlow
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        return self.flow.layer_names
+
+    @property
+    def layer_types(self) -> tuple[str, ...]:
+        return self.flow.layer_types
 
     def __str__(self) -> str:
-        header = f"{'layer':<24}{'type':<12}{'||W||':>10}{'||dL/dW||':>12}{'ratio':>11}  flag"
-        lines = [f"status: {self.status.upper()} ({self.reason})", "", header, "-" * len(header)]
-        for i, name in enumerate(self.layer_names):
+        flow = self.flow
+        width = max([len("layer"), *(len(n) for n in flow.layer_names)])
+        header = (
+            f"{'layer':<{width}}  {'type':<14}{'|dL/dh| rms':>12}{'|dL/dW|':>11}{'|dL/db|':>11}"
+            f"{'unit spread':>13}  flag"
+        )
+        lines = [f"status: {self.status.upper()} ({self.reason})", ""]
+        lines += [f"finding: {f}" for f in self.findings]
+        if self.findings:
+            lines.append("")
+        lines += [header, "-" * len(header)]
+        for i, name in enumerate(flow.layer_names):
             flag = "<-- look here" if name in self.flagged else ""
             lines.append(
-                f"{name[:23]:<24}{self.layer_types[i][:11]:<12}{self.weight_norms[i]:>10.3g}"
-                f"{self.grad_norms[i]:>12.3g}{self.relative[i]:>11.3g}  {flag}"
+                f"{name:<{width}}  {flow.layer_types[i][:13]:<14}{flow.output_grad_rms[i]:>12.3g}"
+                f"{flow.weight_grad_norms[i]:>11.3g}{flow.bias_grad_norms[i]:>11.3g}"
+                f"{flow.unit_spread[i]:>13.3g}  {flag}"
             )
+        if flow.time is not None:
+            g = flow.time.grad_norms
+            lines += [
+                "",
+                f"time ({flow.time.steps} steps, at {flow.time.where}): "
+                f"|dL/dx_t| first {g[0]:.3g}, last {g[-1]:.3g}",
+            ]
         if self.remedies:
             lines += ["", "what to try:"] + [f"  - {r}" for r in self.remedies]
         return "\n".join(lines)
 
 
+def _fitted_change(norms: np.ndarray) -> tuple[float, float, int]:
+    """``(decades lost from last to first by the fit, slope per position, zero prefix length)`` of a
+    profile ordered from the input side. The fit is Theil and Sen's (the median of the slopes
+    between every pair of points: a minority of outliers cannot move it) over the nonzero finite
+    values; exact zeros that start the profile (gradients that underflowed before they reached the
+    input side) count as a finding of their own."""
+    finite = np.isfinite(norms)
+    prefix = 0
+    while prefix < len(norms) and finite[prefix] and norms[prefix] == 0.0:
+        prefix += 1
+    keep = finite & (norms > 0)
+    positions = np.nonzero(keep)[0]
+    if len(positions) < 2:
+        return math.nan, math.nan, prefix
+    logs = np.log10(norms[positions])
+    pairs_i, pairs_j = np.triu_indices(len(positions), k=1)
+    slopes = (logs[pairs_j] - logs[pairs_i]) / (positions[pairs_j] - positions[pairs_i])
+    slope = float(np.median(slopes))
+    return slope * (len(norms) - 1), slope, prefix
+
+
 def diagnose(
     model: nn.Module,
-    x: torch.Tensor,
+    x: Inputs,
     y: torch.Tensor,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    loss_fn: Callable[[object, torch.Tensor], torch.Tensor] | None = None,
+    *,
+    time_dim: int | None = None,
+    time_input: int | str | None = None,
 ) -> Diagnosis:
-    """One forward and backward pass, and a verdict on the gradients (see ``Diagnosis``).
+    """One forward and backward pass, and a verdict on the gradients (see ``Diagnosis`` and the
+    module docstring for the rules).
 
-    Works on any ``nn.Module`` with parameters (MLPs, CNNs, ``nn.LSTM``/``nn.GRU``, your own):
-    every module with its own trainable parameters is a layer, ordered by its first call in the
-    forward pass. Thresholds: ``VANISHING_RATIO``, ``EXPLODING_RATIO``,
-    ``EXPLODING_RELATIVE_GRADIENT``; a gradient that is exactly 0 or not finite decides at once.
-    The model is left as it was (weights, ``.grad``, buffers).
+    ``x`` is what the model is called with: a tensor, a tuple/list (``model(*x)``) or a dict
+    (``model(**x)``, e.g. ``input_ids`` and ``attention_mask``). ``loss_fn(output, y)`` defaults to
+    MSE for float ``y`` and cross-entropy for class indices. ``time_dim``/``time_input`` name a time
+    axis on the input (see ``gradient_flow``); ``nn.RNN``/``nn.LSTM``/``nn.GRU`` are found without.
+    The model is left as it was.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    layers = {
-        (name or type(m).__name__): m
-        for name, m in model.named_modules()
-        if any(p.requires_grad for p in m.parameters(recurse=False))
-    }
-    if not layers:
-        raise ValueError(f"{type(model).__name__} has no parameters that require grad: nothing to diagnose")
-    x, y = _check_tensor("x", x), _check_tensor("y", y)
-    order: dict[str, None] = {}
-    handles = [
-        m.register_forward_pre_hook(lambda module, _, n=name: order.setdefault(n) and None)
-        for name, m in layers.items()
+    flow = gradient_flow(model, x, y, loss_fn, time_dim=time_dim, time_input=time_input)
+    return judge(flow)
+
+
+def judge(flow: GradientFlow) -> Diagnosis:
+    """The verdict on a ``GradientFlow`` (what ``diagnose`` returns)."""
+    findings: list[Finding] = []
+    flagged: list[str] = []
+    verdicts: list[tuple[str, str]] = []
+    depth, time_change = (math.nan, math.nan), math.nan
+
+    def done(status: str, reason: str) -> Diagnosis:
+        return Diagnosis(
+            status=status, reason=reason, findings=tuple(findings), depth_change=depth[0],
+            depth_factor=depth[1], time_change=time_change, flagged=tuple(dict.fromkeys(flagged)),
+            remedies=_REMEDIES[status], flow=flow,
+        )  # fmt: skip
+
+    if not flow.inputs_finite:
+        findings.append(Finding("non-finite input", math.nan, math.nan, "input", "x or y holds NaN or inf"))
+        return done("undetermined", "the input holds NaN or inf: the gradients say nothing about the model")
+    if not math.isfinite(flow.loss) or flow.nonfinite:
+        where = ", ".join(flow.nonfinite[:3]) or "loss"
+        findings.append(Finding("non-finite gradient", math.inf, math.inf, where, "inf or NaN"))
+        flagged += list(flow.nonfinite)
+        return done("exploding", "the loss or a gradient overflowed to inf/nan from a finite input")
+
+    collapsed = [
+        (n, v) for n, v in zip(flow.layer_names, flow.unit_spread, strict=True) if v < COLLAPSE_SPREAD
     ]
-    saved = [b.detach().clone() for b in model.buffers()]
-    try:
-        with torch.enable_grad():
-            try:
-                output = model(x)
-            except RuntimeError as error:
-                raise ValueError(f"x of shape {tuple(x.shape)} does not fit the model ({error})") from error
-            output = output[0] if isinstance(output, tuple) else output
-            loss = (loss_fn or _default_loss)(output, y)
-            names = [n for n in order] + [n for n in layers if n not in order]
-            params = [[p for p in layers[n].parameters(recurse=False) if p.requires_grad] for n in names]
-            flat = [p for group in params for p in group]
-            grads = iter(torch.autograd.grad(loss, flat, allow_unused=True))
-    finally:
-        for handle in handles:
-            handle.remove()
-        with torch.no_grad():
-            for buffer, value in zip(model.buffers(), saved, strict=True):
-                buffer.copy_(value)
-    grad_norms = np.array([math.sqrt(sum(exact_norm(next(grads)) ** 2 for _ in group)) for group in params])
-    weight_norms = np.array([math.sqrt(sum(exact_norm(p) ** 2 for p in group)) for group in params])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        relative = np.where(weight_norms > 0, grad_norms / weight_norms, np.nan)
-    status, reason, flagged = _verdict(names, relative, grad_norms)
-    return Diagnosis(
-        status=status,
-        reason=reason,
-        layer_names=tuple(names),
-        layer_types=tuple(type(layers[n]).__name__ for n in names),
-        weight_norms=weight_norms,
-        grad_norms=grad_norms,
-        relative=relative,
-        flagged=flagged,
-        remedies=tuple(_REMEDIES[status]),
-    )
+    if collapsed:  # reported beside the gradient verdict, not as one
+        name, spread = collapsed[0]
+        message = f"its units vary over the batch by {spread:.2g} of their scale: every example looks alike"
+        findings.append(Finding("forward collapse", float(spread), COLLAPSE_SPREAD, name, message))
+        flagged.append(name)
+
+    hidden, names = _hidden(flow)
+    measurable = int(np.sum(np.isfinite(hidden)))
+    if measurable >= MIN_DEPTH:
+        decades, slope, prefix = _fitted_change(hidden)
+        if math.isfinite(decades):
+            depth = (10.0 ** (-decades), 10.0 ** (-slope))
+        rule = _axis_rule("depth", decades, prefix, DEPTH_DECADES, "hidden layer output")
+        if rule is not None:
+            finding, verdict = rule
+            findings.append(replace(finding, where=names[0]))
+            verdicts.append(verdict)
+            flagged += list(names[:prefix]) or _weakest(names, hidden, low=verdict[0] == "vanishing")
+    if flow.time is not None and flow.time.steps >= 2:
+        decades, _, prefix = _fitted_change(flow.time.grad_norms)
+        time_change = 0.0 if prefix else 10.0 ** (-decades) if math.isfinite(decades) else math.nan
+        rule = _axis_rule("time", decades, prefix, TIME_DECADES, "time step")
+        if rule is not None:
+            finding, verdict = rule
+            findings.append(replace(finding, where=f"step 1 of {flow.time.steps} at {flow.time.where}"))
+            verdicts.append(verdict)
+
+    kinds = {kind for kind, _ in verdicts}
+    if len(kinds) > 1:
+        return done("undetermined", "; ".join(r for _, r in verdicts) + ": the axes disagree")
+    if kinds:
+        return done(kinds.pop(), verdicts[0][1])
+    if measurable < MIN_DEPTH and flow.time is None:
+        return done(
+            "undetermined",
+            f"{measurable} hidden layer output(s) with a gradient and no time axis: no depth or time "
+            "to vanish over (name a time axis with time_dim)",
+        )
+    parts = []
+    if math.isfinite(depth[0]):
+        parts.append(f"first/last hidden layer gradient {depth[0]:.2g} by the fit")
+    if math.isfinite(time_change):
+        parts.append(f"first/last time step {time_change:.2g}")
+    return done("healthy", "; ".join(parts) or "no rule fired")
 
 
-def _verdict(
-    names: Sequence[str], relative: np.ndarray, grads: np.ndarray
-) -> tuple[str, str, tuple[str, ...]]:
-    bad = [n for n, g in zip(names, grads, strict=True) if not math.isfinite(g)]
-    if bad:
-        return "exploding", "gradients overflowed to inf/nan", tuple(bad)
-    huge = [n for n, r in zip(names, relative, strict=True) if r > EXPLODING_RELATIVE_GRADIENT]
-    if huge:
-        return "exploding", f"||dL/dW|| > {EXPLODING_RELATIVE_GRADIENT:g} x ||W||", tuple(huge)
-    hidden = relative[:-1] if len(relative) > 1 else relative  # the output layer is the reference
-    last = hidden[-1]
-    if len(hidden) > 1 and last > 0:
-        ratio = hidden[0] / last
-        low = [n for n, r in zip(names, hidden, strict=False) if r < VANISHING_RATIO * last]
-        high = [n for n, r in zip(names, hidden, strict=False) if r > EXPLODING_RATIO * last]
-        if ratio < VANISHING_RATIO:
-            return (
-                "vanishing",
-                f"first/last layer relative gradient {ratio:.2g} < {VANISHING_RATIO:g}",
-                tuple(low),
-            )
-        if ratio > EXPLODING_RATIO:
-            return (
-                "exploding",
-                f"first/last layer relative gradient {ratio:.2g} > {EXPLODING_RATIO:g}",
-                tuple(high),
-            )
-        return "healthy", f"first/last layer relative gradient {ratio:.2g}", ()
-    zeros = [n for n, g in zip(names, grads, strict=True) if g == 0.0]
-    if zeros:
-        return "vanishing", "gradients are exactly 0", tuple(zeros)
-    return "healthy", "a single hidden layer: no depth to vanish over", ()
+def _axis_rule(
+    axis: str, decades: float, prefix: int, threshold: float, unit: str
+) -> tuple[Finding, tuple[str, str]] | None:
+    """The finding and verdict of one axis (depth or time), if a rule fires."""
+    if prefix:
+        message = f"the first {prefix} {unit}(s) receive a gradient of exactly 0"
+        return Finding(f"vanishing over {axis}", 0.0, 0.0, "", message), ("vanishing", message)
+    if not math.isfinite(decades) or abs(decades) <= threshold:
+        return None
+    change = 10.0 ** (-decades)
+    kind = "vanishing" if decades > 0 else "exploding"
+    limit = 10.0 ** (-threshold if kind == "vanishing" else threshold)
+    message = f"by the fit, the first {unit} gets {change:.2g} times the gradient of the last"
+    return Finding(f"{kind} over {axis}", change, limit, "", message), (kind, message)
+
+
+def _hidden(flow: GradientFlow) -> tuple[np.ndarray, tuple[str, ...]]:
+    """The hidden layers' ``||dL/dh||`` per element, and their names: every layer call before the
+    output layer (the last call the loss depends on; calls after it, such as an auxiliary head the
+    loss does not use, are not part of the path), from the first trainable layer on (a frozen stem
+    is not trained, however small its gradient)."""
+    reached = np.nonzero(~np.isnan(flow.output_grad_rms))[0]
+    if not len(reached):
+        return np.array([]), ()
+    output = int(reached[-1])
+    frozen = set(flow.frozen)
+    start = next((i for i, n in enumerate(flow.layer_names) if n not in frozen), output)
+    return flow.output_grad_rms[start:output], flow.layer_names[start:output]
+
+
+def _weakest(names: Sequence[str], norms: np.ndarray, *, low: bool, count: int = 3) -> list[str]:
+    finite = [(v, n) for n, v in zip(names, norms, strict=True) if math.isfinite(v)]
+    return [n for _, n in sorted(finite, reverse=not low)[:count]]
 
 
 # -- stalled loss ----------------------------------------------------------------------------------

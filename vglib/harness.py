@@ -30,8 +30,10 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from html import escape
@@ -436,8 +438,10 @@ def run_harnesses(
     processes. The default is one worker per CPU core this process may use, at most
     ``MAX_DEFAULT_PROCESSES``: each worker imports PyTorch afresh (a few hundred MB), and a
     container may report more cores than its quota lets it use. Workers are started with
-    ``spawn`` and use the caller's PyTorch thread count. From a script, call it only under
-    ``if __name__ == "__main__":``, as any code that starts processes.
+    ``spawn`` and use the caller's PyTorch thread count. From a script, call it under
+    ``if __name__ == "__main__":``, as any code that starts processes: without, the workers fail
+    to start, and the runs are made in this process after a ``RuntimeWarning`` (slower, same
+    results).
     """
     remedies = list(remedies)
     if not remedies:
@@ -469,14 +473,25 @@ def run_harnesses(
     if processes == 1:
         done = [run_harness(r, seed=s, **kwargs) for r, s in jobs]  # type: ignore[arg-type]
     else:
-        with ProcessPoolExecutor(
-            processes,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=torch.set_num_threads,
-            initargs=(torch.get_num_threads(),),
-        ) as pool:
-            futures = [pool.submit(run_harness, r, seed=s, **kwargs) for r, s in jobs]  # type: ignore[arg-type]
-            done = [f.result() for f in futures]
+        try:
+            with ProcessPoolExecutor(
+                processes,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=torch.set_num_threads,
+                initargs=(torch.get_num_threads(),),
+            ) as pool:
+                futures = [pool.submit(run_harness, r, seed=s, **kwargs) for r, s in jobs]  # type: ignore[arg-type]
+                done = [f.result() for f in futures]
+        except BrokenProcessPool:
+            warnings.warn(
+                "run_harnesses: the worker processes stopped before they finished (from a script, "
+                'call run_harnesses under `if __name__ == "__main__":`, since each worker re-imports '
+                f"the script; or a worker ran out of memory); running the {len(jobs)} runs in this "
+                "process instead, with the same results",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            done = [run_harness(r, seed=s, **kwargs) for r, s in jobs]  # type: ignore[arg-type]
     if seeds is None:
         return {r.label: result for r, result in zip(remedies, done, strict=True)}
     per = len(seeds)

@@ -73,16 +73,22 @@ class _NormCurve:
         (self.overflow,) = ax.plot([], [], linestyle="none", marker="^", markersize=6, color=color, alpha=0.9)
         self.artists = (self.line, self.zeros, self.overflow)
 
-    def set(self, values: np.ndarray) -> tuple[float, float, int, int]:
-        """Show ``values`` (layer 1 first); returns (smallest, largest drawn, #zeros, #overflows)."""
+    def set(self, values: np.ndarray) -> tuple[float, float, int, int, int]:
+        """Show ``values`` (layer 1 first): 0 at the floor, inf at the ceiling, NaN (no gradient to
+        measure: a frozen layer) as a gap. Returns (smallest, largest drawn, #zeros, #overflows,
+        #missing)."""
         layers = np.arange(1, len(values) + 1)
         zero = values == 0.0
-        bad = ~np.isfinite(values)
+        missing = np.isnan(values)
+        bad = np.isinf(values)
         shown = np.where(zero, UNDERFLOW_FLOOR, np.where(bad, _OVERFLOW_CEILING, values))
         self.line.set_data(layers, shown)
         self.zeros.set_data(layers[zero], shown[zero])
         self.overflow.set_data(layers[bad], shown[bad])
-        return float(shown.min()), float(shown.max()), int(zero.sum()), int(bad.sum())
+        drawn = shown[~missing]
+        if not drawn.size:
+            return np.inf, 0.0, 0, 0, int(missing.sum())
+        return float(drawn.min()), float(drawn.max()), int(zero.sum()), int(bad.sum()), int(missing.sum())
 
 
 _SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
@@ -121,6 +127,8 @@ def _set_limits(ax: Axes, depth: int, low: float, high: float) -> None:
 
 def _snap_limits(depth: int, low: float, high: float) -> tuple[float, float, float, float]:
     """Axis limits rounded outwards to a few steps, so that redraws often share a background."""
+    if not np.isfinite(low):  # nothing drawn (every layer frozen)
+        low, high = 1e-3, 1.0
     low = max(low, UNDERFLOW_FLOOR)
     high = max(high, low)
     # pad half a decade, then round outwards to multiples of three decades
@@ -203,15 +211,15 @@ class CurveFigure:
         """Show one array per series (layer 1 first); returns the figure (not yet rendered)."""
         if len(curves) != len(self.curves):
             raise ValueError(f"got {len(curves)} curves for {len(self.curves)} series")
-        low, high, zeros, bad, depth = np.inf, 0.0, 0, 0, 1
+        low, high, zeros, bad, missing, depth = np.inf, 0.0, 0, 0, 0, 1
         for curve, values in zip(self.curves, curves, strict=True):
-            lo, hi, z, b = curve.set(np.asarray(values, dtype=np.float64))
-            low, high, zeros, bad = min(low, lo), max(high, hi), zeros + z, bad + b
+            lo, hi, z, b, m = curve.set(np.asarray(values, dtype=np.float64))
+            low, high, zeros, bad, missing = min(low, lo), max(high, hi), zeros + z, bad + b, missing + m
             depth = max(depth, len(values))
         _set_limits(self.ax, depth, low, high)
         self.ax.title.set_text(title)
-        self.note.set_text(_underflow_note(zeros, bad))
-        self.note.set_visible(bool(zeros + bad))
+        self.note.set_text(_underflow_note(zeros, bad, missing))
+        self.note.set_visible(bool(zeros + bad + missing))
         return self.figure
 
     def render(self) -> np.ndarray:
@@ -251,12 +259,14 @@ class ProfileFigure(CurveFigure):
         return super().update([profile.weight_grad_norms, profile.activation_grad_norms], title)
 
 
-def _underflow_note(zeros: int, overflows: int) -> str:
+def _underflow_note(zeros: int, overflows: int, missing: int = 0) -> str:
     parts = []
     if zeros:
         parts.append(f"▼ {zeros} norm(s) exactly 0 (float32 underflow), drawn at 1e-45")
     if overflows:
         parts.append(f"▲ {overflows} norm(s) overflowed to inf/nan")
+    if missing:
+        parts.append(f"{missing} layer(s) without a gradient (frozen): not drawn")
     return "\n".join(parts)
 
 
@@ -280,12 +290,12 @@ def plot_gradient_profile(
     ax = fig.add_subplot()
     _decorate_log_axis(ax)
     markers = "osD^v<>"
-    low, high, zeros, bad, depth = np.inf, 0.0, 0, 0, 1
+    low, high, zeros, bad, missing, depth = np.inf, 0.0, 0, 0, 0, 1
     for i, (label, profile) in enumerate(profiles.items()):
         curve = _NormCurve(ax, label, OKABE_ITO[i % 7], markers[i % 7])
         values = getattr(profile, f"{quantity}_grad_norms")
-        lo, hi, z, b = curve.set(values)
-        low, high, zeros, bad = min(low, lo), max(high, hi), zeros + z, bad + b
+        lo, hi, z, b, m = curve.set(values)
+        low, high, zeros, bad, missing = min(low, lo), max(high, hi), zeros + z, bad + b, missing + m
         depth = max(depth, profile.depth)
     _set_limits(ax, depth, low, high)
     symbol = r"\partial L/\partial W_l" if quantity == "weight" else r"\partial L/\partial h_l"
@@ -293,8 +303,8 @@ def plot_gradient_profile(
     ax.set_title(title, fontsize=10)
     if any(profiles):
         ax.legend(fontsize=8, framealpha=1.0)
-    if zeros or bad:
-        ax.text(0.99, 0.02, _underflow_note(zeros, bad), transform=ax.transAxes, ha="right",
+    if zeros or bad or missing:
+        ax.text(0.99, 0.02, _underflow_note(zeros, bad, missing), transform=ax.transAxes, ha="right",
                 va="bottom", fontsize=8)  # fmt: skip
     return fig
 

@@ -1,23 +1,27 @@
 """Measuring gradients with hooks, on any ``nn.Module``.
 
-What counts as a layer: every ``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d`` and ``nn.Conv3d`` the
-forward pass calls, in the order it calls them. The last one called is the output *head*; the
-others are the *hidden* layers the profile reports. The activation gradient of hidden layer ``l``
-is the gradient of the loss with respect to the input of the next layer called: the block's
-output after its activation (and after any normalisation, pooling or dropout in between).
+What counts as a layer for ``gradient_profile`` and ``forward_statistics``: every ``nn.Linear``,
+``nn.Conv1d``, ``nn.Conv2d`` and ``nn.Conv3d`` (subclasses and parametrised ones included) the
+forward pass calls, in the order it calls them; other modules with parameters (embeddings,
+normalisation, attention's input projection, recurrent modules, transposed convolutions) are
+not layers here (``gradient_flow`` and ``diagnose`` measure every module with parameters). The
+last one called is the output *head*; the others are the *hidden* layers the profile reports. The
+activation gradient of hidden layer ``l`` is the gradient of the loss with respect to the input
+of the next layer called: the block's output after its activation (and after any normalisation,
+pooling or dropout in between).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
+from torch.nn.utils import parametrize
 
+from ._batch import Inputs, LossFn, check_inputs, default_loss, forward_located, scalar_loss, scored, usable
 from ._state import buffers_kept
 from ._tensors import to_numpy
 from .activations import get_activation
@@ -38,8 +42,6 @@ __all__ = [
 SATURATION_THRESHOLD = 0.1
 """A unit counts as saturated where ``phi'(z)`` is below this fraction of its maximum."""
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
 
 @dataclass(frozen=True)
 class GradientProfile:
@@ -47,8 +49,9 @@ class GradientProfile:
 
     Arrays run over the hidden layers, input side first. Norms are Frobenius norms over the whole
     batch, computed in float64 from the float32 gradients, so an entry is exactly 0.0 only where
-    the gradient itself underflowed (or the layer does not affect the loss). A layer whose weight
-    is frozen (``requires_grad=False``) reports NaN.
+    the gradient itself underflowed (or the layer does not affect the loss), and inf where it
+    overflowed to inf or NaN. A layer whose weight is frozen (``requires_grad=False``) reports NaN:
+    there is no gradient to measure.
     """
 
     layer_names: tuple[str, ...]
@@ -73,41 +76,16 @@ class GradientProfile:
         return float((first / last) ** (1.0 / (self.depth - 1)))
 
     def first_to_last_ratio(self) -> float:
-        """``||dL/dW_first|| / ||dL/dW_last||`` over the hidden layers: far below 1 means vanishing."""
+        """``||dL/dW_first|| / ||dL/dW_last||``, *weight* gradients (biases excluded) of the first and
+        last hidden layers. Far below 1 means vanishing, but a ratio near 1 does not mean healthy:
+        ``dL/dW_l`` is the backpropagated gradient times the layer's input, so a forward signal
+        that shrinks layer by layer as the backward one grows makes every layer's weight gradient
+        equally small (Glorot & Bengio 2010, section 4.2). ``per_layer_factor`` (from ``||dL/dh_l||``)
+        and ``diagnose`` do not have this blind spot."""
         first, last = self.weight_grad_norms[0], self.weight_grad_norms[-1]
         if last == 0.0:
             return float("nan") if first == 0.0 else float("inf")
         return float(first / last)
-
-
-def _default_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """MSE for floating-point targets of the output's shape, cross-entropy for class indices."""
-    if target.is_floating_point():
-        if target.shape != output.shape:
-            raise ValueError(
-                f"y of shape {tuple(target.shape)} does not fit the model's output of shape "
-                f"{tuple(output.shape)}: float targets (mean-squared error) need the output's shape"
-            )
-        return F.mse_loss(output, target)
-    if target.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8):
-        if output.ndim != 2 or target.shape != output.shape[:1]:
-            raise ValueError(
-                f"y of shape {tuple(target.shape)} does not fit the model's output of shape "
-                f"{tuple(output.shape)}: class-index targets (cross-entropy) need shape "
-                f"({output.shape[0]},) and a 2-D output (batch, classes)"
-            )
-        n_classes = output.shape[1]
-        if target.numel() and (int(target.min()) < 0 or int(target.max()) >= n_classes):
-            raise ValueError(f"class indices in y must lie in [0, {n_classes - 1}]")
-        return F.cross_entropy(output, target.long())
-    raise TypeError(f"y must be a float or integer tensor, got dtype {target.dtype}")
-
-
-def _expected_input(layer: nn.Module) -> str:
-    if isinstance(layer, nn.Linear):
-        return f"(batch, {layer.in_features})"
-    spatial = {nn.Conv1d: "L", nn.Conv2d: "H, W", nn.Conv3d: "D, H, W"}[type(layer)]
-    return f"(batch, {layer.in_channels}, {spatial})"
 
 
 def _check_tensor(name: str, value: object) -> torch.Tensor:
@@ -122,8 +100,12 @@ def _check_tensor(name: str, value: object) -> torch.Tensor:
 
 
 def _norm(grad: torch.Tensor | None) -> float:
-    # float64 so squaring float32 values near their underflow limit does not underflow again
-    return 0.0 if grad is None else float(torch.linalg.vector_norm(grad.detach().double()))
+    """``||grad||`` in float64 (squaring float32 values near their underflow limit would underflow
+    again); 0.0 for no gradient at all, inf for one that holds inf or NaN."""
+    if grad is None:
+        return 0.0
+    value = float(torch.linalg.vector_norm(grad.detach().double()))
+    return value if np.isfinite(value) else float("inf")
 
 
 def _measured_layers(model: nn.Module, caller: str) -> dict[str, nn.Module]:
@@ -139,9 +121,10 @@ def _measured_layers(model: nn.Module, caller: str) -> dict[str, nn.Module]:
     return layers
 
 
+@torch.inference_mode(False)  # the pass needs autograd even when called under inference_mode
 def gradient_profile(
     model: nn.Module,
-    x: torch.Tensor,
+    x: Inputs,
     y: torch.Tensor,
     loss_fn: LossFn | None = None,
 ) -> GradientProfile:
@@ -149,10 +132,15 @@ def gradient_profile(
 
     One forward and one backward pass; the model is left as it was: its weights, its ``.grad``
     attributes, its buffers (e.g. batch-norm running statistics) and its train/eval mode.
+    ``x`` is a tensor, a tuple/list (``model(*x)``) or a dict (``model(**x)``); a tuple output is
+    scored by its first element and a dict by ``"logits"`` (or pass ``loss_fn``).
     ``loss_fn(output, y)`` defaults to MSE for float ``y`` and cross-entropy for integer ``y``.
+    Parametrised layers (``weight_norm``, ``spectral_norm``, ``orthogonal``) report the gradient
+    of the weight the forward pass used.
     """
     layers = _measured_layers(model, "gradient_profile")
-    x, y = _check_tensor("x", x), _check_tensor("y", y)
+    check_inputs(x, y)
+    x, y = usable(x), usable(y)
     names_of = {id(m): n for n, m in layers.items()}
     calls: list[tuple[str, torch.Tensor]] = []
 
@@ -161,34 +149,24 @@ def gradient_profile(
 
     handles = [m.register_forward_pre_hook(record) for m in layers.values()]
     try:
-        with buffers_kept(model), torch.enable_grad():
-            try:
-                output = model(x)
-            except RuntimeError as error:
-                if not calls:
-                    raise
-                name, _ = calls[-1]
-                raise ValueError(
-                    f"x of shape {tuple(x.shape)} does not fit the model: layer {name!r} expects "
-                    f"input of shape {_expected_input(layers[name])} ({error})"
-                ) from error
-            loss = (loss_fn or _default_loss)(output, y)
-            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-                raise ValueError("loss_fn must return a scalar tensor")
+        with buffers_kept(model), torch.enable_grad(), parametrize.cached():
+            output = forward_located(model, x, layers)
+            loss = scalar_loss((loss_fn or default_loss)(scored(output, loss_fn), y))
             called = [name for name, _ in calls]
             repeated = sorted({n for n in called if called.count(n) > 1})
             if repeated:
                 raise ValueError(
                     f"layers {repeated} were called more than once in one forward pass; "
                     "gradient_profile needs each layer called once (weight sharing and "
-                    "recurrent loops have no single per-layer gradient)"
+                    "recurrent loops have no single per-layer gradient: use gradient_flow, which "
+                    "reports each call)"
                 )
             if len(calls) < 2:
                 raise ValueError(
                     "gradient_profile needs at least two layers (hidden layers and a head); "
                     f"the forward pass called {len(calls)}"
                 )
-            weights = [layers[name].weight for name in called]
+            weights = [layers[name].weight for name in called]  # inside cached(): the weights used
             block_outputs = [inp for _, inp in calls[1:]]
             targets = [t for t in (*weights, *block_outputs) if t.requires_grad]
             grads = torch.autograd.grad(loss, targets, allow_unused=True) if targets else ()
@@ -305,7 +283,7 @@ def bptt_gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> n
                 f"{type(model).__name__} does not expose its hidden states; bptt_gradient_norms "
                 "needs forward(x, return_states=True) -> (output, [h_1, ..., h_T]), as vglib.ElmanRNN"
             ) from error
-        loss = _default_loss(output, y)
+        loss = default_loss(output, y)
         grads = torch.autograd.grad(loss, states, allow_unused=True)
     return np.array([_norm(g) for g in grads], dtype=np.float64)
 
@@ -364,7 +342,7 @@ def saved_for_backward_megabytes(
         torch.enable_grad(),
         torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
     ):
-        (loss_fn or _default_loss)(model(x), y)
+        (loss_fn or default_loss)(model(x), y)
     return sum(seen.values()) / 2**20
 
 

@@ -9,12 +9,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._batch import default_loss
 from ._seed import generator as seeded_generator
 from ._seed import torch_seed
 from ._state import buffers_kept
 from ._validation import check_choice, check_positive_int
 from .monitor import GradientMonitor
-from .probes import _default_loss
 from .tables import RecordedMonitor
 
 __all__ = ["OPTIMIZERS", "TrainingHistory", "train"]
@@ -101,7 +101,7 @@ def train(
         for step in range(steps):
             index = torch.randint(0, len(x), (min(batch_size, len(x)),), generator=generator)
             opt.zero_grad(set_to_none=True)
-            loss = _default_loss(model(x[index]), y[index])
+            loss = default_loss(model(x[index]), y[index])
             loss.backward()
             if clip_norm is not None:
                 nn.utils.clip_grad_norm_(params, clip_norm)
@@ -112,5 +112,5 @@ def train(
             if (step + 1) % eval_every == 0 or step == steps - 1:
                 with torch.no_grad(), buffers_kept(model):  # held-out data never enters running stats
                     eval_steps.append(step + 1)
-                    eval_losses.append(float(_default_loss(model(x_eval), y_eval)))
+                    eval_losses.append(float(default_loss(model(x_eval), y_eval)))
     return TrainingHistory(np.array(losses), np.array(eval_steps), np.array(eval_losses), monitor)

@@ -46,6 +46,20 @@ def test_profile_figure_hides_the_note_without_zeros_and_marks_overflow():
     assert np.isfinite(plot.weight.line.get_data()[1]).all()
 
 
+def test_a_frozen_layer_is_a_gap_not_an_overflow():
+    # B9: NaN (a frozen layer: no gradient to measure) was drawn at 1e39 as "overflowed"
+    plot = ProfileFigure()
+    plot.update(fake_profile([np.nan, np.nan, 0.2], [0.1, 0.1, 0.2]))
+    y = plot.weight.line.get_data()[1]
+    assert np.isnan(y[:2]).all() and y[2] == 0.2 and len(plot.weight.overflow.get_data()[0]) == 0
+    note = plot.note.get_text()
+    assert "2 layer(s) without a gradient (frozen)" in note and "overflow" not in note
+    assert plot.ax.get_ylim()[1] < 1e3
+    fig = vglib.plot_gradient_profile(fake_profile([np.nan, np.nan]))  # nothing to draw at all
+    (text,) = fig.axes[0].texts
+    assert "frozen" in text.get_text() and np.isfinite(fig.axes[0].get_ylim()).all()
+
+
 def test_render_matches_a_full_draw_and_savefig_keeps_every_curve():
     plot = ProfileFigure()
     plot.update(fake_profile(np.logspace(-8, 0, 20)), title="first")

@@ -152,7 +152,8 @@ def test_cross_entropy_for_class_targets_and_custom_losses():
 
 def test_wrong_input_shape_names_the_expected_shape():
     model = vglib.build_mlp(3, 16, in_features=10)
-    with pytest.raises(ValueError, match=r"layer 'linear1' expects input of shape \(batch, 10\)"):
+    expected = r"inside layer 'linear1' \(Linear, which expects inputs of shape \(\.\.\., 10\)\)"
+    with pytest.raises(ValueError, match=expected):
         vglib.gradient_profile(model, torch.randn(4, 7), torch.randn(4, 1))
     conv = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(8, 1))
     with pytest.raises(ValueError, match=r"\(batch, 3, H, W\)"):
