@@ -29,6 +29,7 @@ __all__ = [
     "COLLAPSE_SPREAD",
     "DEPTH_DECADES",
     "MIN_DEPTH",
+    "OUTPUT_DECADES",
     "STALL_WINDOW",
     "STATUSES",
     "TIME_DECADES",
@@ -59,6 +60,14 @@ weights that must use the early steps."""
 MIN_DEPTH = 2
 """Fewest hidden layers (layer outputs before the output layer, with a gradient) a depth verdict
 needs: with one there is no depth to vanish over."""
+
+OUTPUT_DECADES = 3.0
+"""Saturated output: the gradient (per element) at the output layer's output is below
+``10**-OUTPUT_DECADES`` times the gradient of the loss at what it scores, the model's output.
+Between the two lies only what follows the last layer (a sigmoid, a softmax, a scale): when it
+passes on a thousandth of the loss gradient it is saturated, and every layer learns a thousand
+times more slowly alike. A look-alike of vanishing (nothing learns) that is not a depth effect,
+reported beside the verdict."""
 
 COLLAPSE_SPREAD = 1e-4
 """Forward collapse: at some layer the median unit's standard deviation over the batch is below
@@ -237,18 +246,42 @@ def judge(flow: GradientFlow) -> Diagnosis:
         findings.append(Finding("forward collapse", float(spread), COLLAPSE_SPREAD, name, message))
         flagged.append(name)
 
-    hidden, names = _hidden(flow)
+    if flow.unreached:
+        message = (
+            f"no gradient at all reaches {len(flow.unreached)} layer(s) with trainable parameters: the "
+            "graph is cut between them and the loss (detach(), torch.no_grad(), a cast to an integer, "
+            "or an output the loss does not use); this is not vanishing"
+        )
+        findings.append(Finding("no gradient", math.nan, math.nan, flow.unreached[0], message))
+        flagged += list(flow.unreached)
+
+    hidden, names, output = _hidden(flow)
     measurable = int(np.sum(np.isfinite(hidden)))
-    if measurable >= MIN_DEPTH:
+    silent = output is not None and flow.output_grad_rms[output] == 0.0  # zero from the output on
+    if measurable >= MIN_DEPTH and not silent:
         decades, slope, prefix = _fitted_change(hidden)
         if math.isfinite(decades):
             depth = (10.0 ** (-decades), 10.0 ** (-slope))
         rule = _axis_rule("depth", decades, prefix, DEPTH_DECADES, "hidden layer output")
+        if rule is None:
+            gap = float(np.nanmax(hidden)) / flow.output_grad_rms[output]
+            rule = _head_rule(gap, flow.layer_names[output])
         if rule is not None:
             finding, verdict = rule
-            findings.append(replace(finding, where=names[0]))
+            findings.append(replace(finding, where=finding.where or names[0]))
             verdicts.append(verdict)
             flagged += list(names[:prefix]) or _weakest(names, hidden, low=verdict[0] == "vanishing")
+    if output is not None:
+        head = flow.output_grad_rms[output] / flow.loss_grad_rms
+        if head < 10.0**-OUTPUT_DECADES:
+            name = flow.layer_names[output]
+            message = (
+                f"the output layer's gradient is {head:.2g} of the loss gradient at the model's output: "
+                "what follows the output layer (a sigmoid or softmax) is saturated, and every layer "
+                "learns slowly alike"
+            )
+            findings.append(Finding("saturated output", head, 10.0**-OUTPUT_DECADES, name, message))
+            flagged.append(name)
     if flow.time is not None and flow.time.steps >= 2:
         decades, _, prefix = _fitted_change(flow.time.grad_norms)
         time_change = 0.0 if prefix else 10.0 ** (-decades) if math.isfinite(decades) else math.nan
@@ -274,7 +307,10 @@ def judge(flow: GradientFlow) -> Diagnosis:
         parts.append(f"first/last hidden layer gradient {depth[0]:.2g} by the fit")
     if math.isfinite(time_change):
         parts.append(f"first/last time step {time_change:.2g}")
-    return done("healthy", "; ".join(parts) or "no rule fired")
+    reason = "; ".join(parts) or "no vanishing or exploding rule fired"
+    if findings:  # healthy gradients, and yet something to look at
+        reason += "; but see " + ", ".join(dict.fromkeys(f.rule for f in findings))
+    return done("healthy", reason)
 
 
 def _axis_rule(
@@ -293,18 +329,32 @@ def _axis_rule(
     return Finding(f"{kind} over {axis}", change, limit, "", message), (kind, message)
 
 
-def _hidden(flow: GradientFlow) -> tuple[np.ndarray, tuple[str, ...]]:
+def _hidden(flow: GradientFlow) -> tuple[np.ndarray, tuple[str, ...], int | None]:
     """The hidden layers' ``||dL/dh||`` per element, and their names: every layer call before the
     output layer (the last call the loss depends on; calls after it, such as an auxiliary head the
     loss does not use, are not part of the path), from the first trainable layer on (a frozen stem
     is not trained, however small its gradient)."""
     reached = np.nonzero(~np.isnan(flow.output_grad_rms))[0]
     if not len(reached):
-        return np.array([]), ()
+        return np.array([]), (), None
     output = int(reached[-1])
     frozen = set(flow.frozen)
     start = next((i for i, n in enumerate(flow.layer_names) if n not in frozen), output)
-    return flow.output_grad_rms[start:output], flow.layer_names[start:output]
+    return flow.output_grad_rms[start:output], flow.layer_names[start:output], output
+
+
+def _head_rule(gap: float, output: str) -> tuple[Finding, tuple[str, str]] | None:
+    """Vanishing (exploding) between the hidden layers and the output layer: the largest hidden
+    layer gradient against the output layer's (both per element). The largest, because inside a
+    residual block a layer's gradient is scaled by the branch's own gain (a LayerScale, a zero-
+    initialised last layer) while the residual stream carries the gradient on: only when even the
+    best-served hidden layer gets a thousandth of the output layer's gradient do all of them."""
+    if not math.isfinite(gap) or gap <= 0 or abs(math.log10(gap)) <= DEPTH_DECADES:
+        return None
+    kind = "vanishing" if gap < 1 else "exploding"
+    limit = 10.0 ** (-DEPTH_DECADES if kind == "vanishing" else DEPTH_DECADES)
+    message = f"the hidden layers get at most {gap:.2g} times the output layer's gradient"
+    return Finding(f"{kind} below the output layer", gap, limit, output, message), (kind, message)
 
 
 def _weakest(names: Sequence[str], norms: np.ndarray, *, low: bool, count: int = 3) -> list[str]:

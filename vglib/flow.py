@@ -100,6 +100,14 @@ class GradientFlow:
     loss: float
     inputs_finite: bool
     frozen: tuple[str, ...] = ()
+    """Layers none of whose parameters needs a gradient."""
+    unreached: tuple[str, ...] = ()
+    """Layers with trainable parameters that no gradient reaches at all (the graph is cut between
+    them and the loss: ``detach()``, ``torch.no_grad()``, a cast to an integer, or an output the
+    loss does not use)."""
+    loss_grad_rms: float = math.nan
+    """``||dL/dy||`` per element at what the loss scores (the model's output): the scale every
+    layer's gradient starts from (NaN when a ``loss_fn`` scores a dict)."""
     uncalled: tuple[str, ...] = ()
     nonfinite: tuple[str, ...] = ()
     """Layers and parameters whose gradient holds inf or NaN."""
@@ -225,14 +233,18 @@ def gradient_flow(
     try:
         with buffers_kept(model), torch.enable_grad(), parametrize.cached():
             output = forward_located(model, inputs, candidates)
-            loss = scalar_loss((loss_fn or default_loss)(scored(output, loss_fn), target))
+            prediction = scored(output, loss_fn)
+            loss = scalar_loss((loss_fn or default_loss)(prediction, target))
+            if not (isinstance(prediction, torch.Tensor) and prediction.requires_grad):
+                prediction = None
             params = dict(model.named_parameters())
             trainable = {n: p for n, p in params.items() if p.requires_grad}
             outputs = [h for _, _, h in calls if h is not None and h.requires_grad]
             time_tensor = (
                 time_source[1] if time_source is not None else (recurrent[0][1] if recurrent else None)
             )
-            targets = [*trainable.values(), *outputs] + ([time_tensor] if time_tensor is not None else [])
+            targets = [*trainable.values(), *outputs]
+            targets += [t for t in (time_tensor, prediction) if t is not None]
             grads = torch.autograd.grad(loss, targets, allow_unused=True)
     finally:
         for handle in handles:
@@ -245,7 +257,7 @@ def gradient_flow(
     }
     return _assemble(
         model, candidates, calls, params, trainable, grad_of, loss, batch, inputs_finite,
-        time_source, recurrent, time_tensor, bad,
+        time_source, recurrent, time_tensor, bad, prediction,
     )  # fmt: skip
 
 
@@ -326,6 +338,7 @@ def _assemble(
     recurrent: list[tuple[str, torch.Tensor, int]],
     time_tensor: torch.Tensor | None,
     bad: set[int],
+    prediction: torch.Tensor | None,
 ) -> GradientFlow:
     param_grad_norms: dict[str, float] = {}
     for name, p in params.items():
@@ -377,6 +390,19 @@ def _assemble(
             per_step = g.detach().double().movedim(dim, 0).reshape(g.shape[dim], -1).pow(2).sum(dim=1).sqrt()
             time = TimeFlow(where=where, time_dim=dim, grad_norms=to_numpy(per_step).copy())
     called = {id(m) for _, m, _ in calls}
+    reached = {name for name, p in trainable.items() if grad_of.get(id(p)) is not None}
+    unreached = tuple(
+        label
+        for (label, module, h), norm in zip(calls, norms, strict=True)
+        if math.isnan(norm)
+        and (owned := layer_params(module, "weight") + layer_params(module, "bias"))
+        and any(n in trainable for n in owned)
+        and not any(n in reached for n in owned)
+    )
+    g = grad_of.get(id(prediction)) if prediction is not None else None
+    loss_grad_rms = math.nan
+    if g is not None and prediction is not None and prediction.numel():
+        loss_grad_rms = exact_norm(g) / math.sqrt(prediction.numel())
     frozen = tuple(
         label for label, module, _ in calls
         if not any(p.requires_grad for p in module.parameters())
@@ -395,6 +421,8 @@ def _assemble(
         loss=float(loss.detach()),
         inputs_finite=inputs_finite,
         frozen=frozen,
+        unreached=unreached,
+        loss_grad_rms=loss_grad_rms,
         uncalled=tuple(n for n, m in candidates.items() if id(m) not in called),
         nonfinite=tuple(
             [label for label, _, h in calls if h is not None and id(h) in bad]

@@ -46,6 +46,17 @@ def test_the_depth_rule_fires_past_its_threshold_on_the_fitted_line():
     assert zeros.status == "vanishing" and zeros.flagged == ("l0", "l1")
 
 
+def test_the_gap_below_the_output_layer_counts_against_the_best_served_hidden_layer():
+    flat_but_tiny = judge(_flow([1e-7, 1e-8, 2e-7, 1e-8, 1.0]))
+    assert (
+        flat_but_tiny.status == "vanishing"
+        and flat_but_tiny.findings[0].rule == "vanishing below the output layer"
+    )
+    # a residual stream at 1e-3 beside branch layers scaled down to 1e-9: the stream carries the gradient
+    assert judge(_flow([1e-3, 1e-9, 1e-9, 1e-3, 1e-9, 1e-9, 1.0])).status == "healthy"
+    assert judge(_flow([1e4, 2e4, 1e4, 1.0])).status == "exploding"
+
+
 def test_the_time_rule_and_disagreeing_axes():
     flat = [1.0] * 6
     above = TIME_DECADES + 0.1
@@ -71,6 +82,45 @@ def test_forward_collapse_is_reported_beside_the_verdict():
     assert collapsed.status == "healthy"
     (finding,) = collapsed.findings
     assert finding.rule == "forward collapse" and finding.where == "l2" and collapsed.flagged == ("l2",)
+
+
+def test_a_saturated_output_and_a_cut_graph_are_findings_not_vanishing():
+    saturated = judge(_flow([1e-6] * 5 + [1e-6], loss_grad_rms=1.0))
+    assert saturated.status == "healthy" and [f.rule for f in saturated.findings] == ["saturated output"]
+    torch.manual_seed(0)
+
+    class Squashed(nn.Module):  # logits pushed into the sigmoid's flat tail, scored by MSE
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(
+                nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 1)
+            )
+
+        def forward(self, x):
+            return torch.sigmoid(self.body(x) + 10.0)
+
+    report = vglib.diagnose(Squashed(), torch.randn(64, 8), torch.rand(64, 1))
+    assert report.status == "healthy" and "saturated output" in [f.rule for f in report.findings]
+    # at an offset of 20 the sigmoid rounds to exactly 1 in float32: every gradient is exactly 0,
+    # from the output on, which is not vanishing over depth
+    zero = judge(_flow([0.0, 0.0, 0.0, 0.0], loss_grad_rms=0.1))
+    assert zero.status == "healthy" and [f.rule for f in zero.findings] == ["saturated output"]
+
+    class Cut(nn.Module):  # a detach() in the middle: the first two layers get no gradient at all
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList(nn.Linear(16, 16) for _ in range(6))
+            self.head = nn.Linear(16, 1)
+
+        def forward(self, x):
+            for i, layer in enumerate(self.layers):
+                x = torch.relu(layer(x))
+                x = x.detach() if i == 1 else x
+            return self.head(x)
+
+    cut = vglib.diagnose(Cut(), torch.randn(32, 16), torch.randn(32, 1))
+    assert cut.flow.unreached == ("layers.0", "layers.1") and cut.status == "healthy"
+    assert cut.findings[0].rule == "no gradient" and set(cut.flagged) >= {"layers.0", "layers.1"}
 
 
 def test_diagnose_gives_the_three_verdicts_on_mlps():
