@@ -13,8 +13,8 @@ and what each quantity is:
   functionally) is not a layer;
 - ``output_grad_norms``: ``||dL/dh||`` over the batch at each layer's output ``h``, the
   *backpropagated* gradient (NaN where no gradient reaches the output: a frozen layer whose
-  input needs none); ``output_grad_rms`` the same per element, which makes layers of different
-  sizes comparable;
+  input needs none; inf where it holds inf or NaN); ``output_grad_rms`` the same per element,
+  which makes layers of different sizes comparable;
 - ``unit_spread``: for each layer's output, the median over its units of the unit's standard
   deviation over the batch, divided by the output's root mean square. Near 0 the layer maps every
   example to (nearly) the same output: the forward signal has *collapsed* (NaN for an output that
@@ -25,7 +25,8 @@ and what each quantity is:
   LayerScale's gamma, a temperature); a submodule the forward pass never calls lends its
   parameters to the called module that uses them (NaN where the layer has none that needs a
   gradient); ``param_grad_norms`` and ``param_norms``: every named parameter of the model, like
-  Lightning's ``grad_norm`` (NaN for a frozen parameter, 0.0 for one the forward pass did not use);
+  Lightning's ``grad_norm`` (NaN for a frozen parameter, 0.0 for one the forward pass did not use,
+  inf for a gradient that holds inf or NaN);
 - ``time``: for a sequence, ``||dL/dx_t||`` at each time step ``t`` of the input of the first
   recurrent module (``nn.RNN``, ``nn.LSTM``, ``nn.GRU``), or of the model's input along
   ``time_dim`` when the caller names it (vglib's own ``ElmanRNN`` has its time axis at 1).
@@ -156,17 +157,22 @@ def _batch_dim(h: torch.Tensor, batch: int | None, module: nn.Module) -> int:
 
 
 def _unit_spread(h: torch.Tensor, batch_dim: int) -> float:
-    """Median over units of the per-unit standard deviation over the batch, over the RMS of h."""
-    values = h.detach().double().movedim(batch_dim, 0)
+    """Median over units of the per-unit standard deviation over the batch, over the RMS of h.
+
+    In float32 on h divided by its RMS (so tiny or huge outputs neither underflow nor overflow),
+    two-pass: it resolves spreads down to about 1e-7 of the scale, far below ``COLLAPSE_SPREAD``."""
+    values = h.detach().movedim(batch_dim, 0)
     if values.ndim < 2 or values.shape[0] < 2:
         return math.nan
-    values = values.reshape(values.shape[0], -1)
-    rms = float(values.pow(2).mean().sqrt())
-    if not math.isfinite(rms):
+    values = values.reshape(values.shape[0], -1).float()
+    rms = exact_norm(values) / math.sqrt(values.numel())
+    if not math.isfinite(rms) or rms == 0.0:  # nothing to judge (an exactly-zero initial state)
         return math.nan
-    if rms == 0.0:  # an output that is exactly 0 (a zero initial state) has no spread to judge
-        return math.nan
-    return float(values.std(dim=0).median()) / rms
+    if not 1e-15 < rms < 1e15:  # squares would underflow or overflow in float32
+        values, rms = values / rms, 1.0
+    deviations = values - values.mean(dim=0)
+    per_unit = deviations.square_().sum(dim=0).div_(values.shape[0] - 1).sqrt_()
+    return float(per_unit.median()) / rms
 
 
 @torch.inference_mode(False)  # the pass needs autograd even when called under inference_mode
@@ -250,14 +256,9 @@ def gradient_flow(
         for handle in handles:
             handle.remove()
     grad_of = {id(t): g for t, g in zip(targets, grads, strict=True)}
-    bad = {
-        id(t)
-        for t, g in zip(targets, grads, strict=True)
-        if g is not None and not bool(torch.isfinite(g).all())
-    }
     return _assemble(
         model, candidates, calls, params, trainable, grad_of, loss, batch, inputs_finite,
-        time_source, recurrent, time_tensor, bad, prediction,
+        time_source, recurrent, time_tensor, prediction,
     )  # fmt: skip
 
 
@@ -321,7 +322,12 @@ def _is_bias(param: str) -> bool:
 
 
 def _norm_of(grad: torch.Tensor | None) -> float:
-    return math.nan if grad is None else exact_norm(grad)
+    """``||grad||``: NaN for no gradient at all, inf for one that holds inf or NaN (a norm, in
+    float64 where float32 might overflow, is finite exactly when the tensor is)."""
+    if grad is None:
+        return math.nan
+    value = exact_norm(grad)
+    return value if math.isfinite(value) else math.inf
 
 
 def _assemble(
@@ -337,7 +343,6 @@ def _assemble(
     time_source: tuple[str, torch.Tensor, int] | None,
     recurrent: list[tuple[str, torch.Tensor, int]],
     time_tensor: torch.Tensor | None,
-    bad: set[int],
     prediction: torch.Tensor | None,
 ) -> GradientFlow:
     param_grad_norms: dict[str, float] = {}
@@ -346,7 +351,7 @@ def _assemble(
             param_grad_norms[name] = math.nan
         else:
             g = grad_of.get(id(p))
-            param_grad_norms[name] = 0.0 if g is None else exact_norm(g)  # unused: no gradient at all
+            param_grad_norms[name] = 0.0 if g is None else _norm_of(g)  # unused: no gradient at all
     param_norms = {name: exact_norm(p) for name, p in params.items()}
     prefix_of = _module_prefixes(model)
 
@@ -425,7 +430,7 @@ def _assemble(
         loss_grad_rms=loss_grad_rms,
         uncalled=tuple(n for n, m in candidates.items() if id(m) not in called),
         nonfinite=tuple(
-            [label for label, _, h in calls if h is not None and id(h) in bad]
-            + [name for name, p in params.items() if id(p) in bad]
+            [label for label, norm in zip(names, norms, strict=True) if math.isinf(norm)]
+            + [name for name, norm in param_grad_norms.items() if math.isinf(norm)]
         ),
     )

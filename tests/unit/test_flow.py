@@ -270,7 +270,7 @@ def test_unit_spread_is_zero_for_a_collapsed_layer_and_near_one_for_a_healthy_on
     with torch.no_grad():
         model[2].weight.zero_()  # every example gives layer 2 the same output: its bias
     flow = vglib.gradient_flow(model, torch.randn(64, 4), torch.randn(64, 1))
-    assert flow.unit_spread[1] == 0.0
+    assert flow.unit_spread[1] < 1e-6  # float32 rounding of the mean, at most
     # a standard-normal input through an identity-like layer: std over the batch = rms = 1
     identity = nn.Sequential(nn.Linear(32, 32, bias=False), nn.Linear(32, 1))
     with torch.no_grad():
