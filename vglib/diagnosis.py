@@ -58,8 +58,9 @@ the gradient reaching the last. The same thousandfold learning-speed argument ap
 weights that must use the early steps."""
 
 MIN_DEPTH = 2
-"""Fewest hidden layers (layer outputs before the output layer, with a gradient) a depth verdict
-needs: with one there is no depth to vanish over."""
+"""Fewest hidden layers (layer outputs before the output layer, with a gradient) the fit over
+depth needs. With one there is no depth to vanish over, and only its gap to the output layer is
+judged; with none (a single layer) and no time axis, the verdict is *undetermined*."""
 
 OUTPUT_DECADES = 3.0
 """Saturated output: the gradient (per element) at the output layer's output is below
@@ -258,19 +259,20 @@ def judge(flow: GradientFlow) -> Diagnosis:
     hidden, names, output = _hidden(flow)
     measurable = int(np.sum(np.isfinite(hidden)))
     silent = output is not None and flow.output_grad_rms[output] == 0.0  # zero from the output on
+    rule, prefix = None, 0
     if measurable >= MIN_DEPTH and not silent:
         decades, slope, prefix = _fitted_change(hidden)
         if math.isfinite(decades):
             depth = (10.0 ** (-decades), 10.0 ** (-slope))
         rule = _axis_rule("depth", decades, prefix, DEPTH_DECADES, "hidden layer output")
-        if rule is None:
-            gap = float(np.nanmax(hidden)) / flow.output_grad_rms[output]
-            rule = _head_rule(gap, flow.layer_names[output])
-        if rule is not None:
-            finding, verdict = rule
-            findings.append(replace(finding, where=finding.where or names[0]))
-            verdicts.append(verdict)
-            flagged += list(names[:prefix]) or _weakest(names, hidden, low=verdict[0] == "vanishing")
+    if rule is None and measurable >= 1 and not silent:
+        gap = float(np.nanmax(hidden)) / flow.output_grad_rms[output]
+        rule = _head_rule(gap, flow.layer_names[output])
+    if rule is not None:
+        finding, verdict = rule
+        findings.append(replace(finding, where=finding.where or names[0]))
+        verdicts.append(verdict)
+        flagged += list(names[:prefix]) or _weakest(names, hidden, low=verdict[0] == "vanishing")
     if output is not None:
         head = flow.output_grad_rms[output] / flow.loss_grad_rms
         if head < 10.0**-OUTPUT_DECADES:
@@ -296,15 +298,20 @@ def judge(flow: GradientFlow) -> Diagnosis:
         return done("undetermined", "; ".join(r for _, r in verdicts) + ": the axes disagree")
     if kinds:
         return done(kinds.pop(), verdicts[0][1])
-    if measurable < MIN_DEPTH and flow.time is None:
+    if measurable == 0 and flow.time is None:
         return done(
             "undetermined",
-            f"{measurable} hidden layer output(s) with a gradient and no time axis: no depth or time "
-            "to vanish over (name a time axis with time_dim)",
+            "no hidden layer output with a gradient and no time axis: a single layer has no depth or "
+            "time to vanish over (name a time axis with time_dim)",
         )
     parts = []
     if math.isfinite(depth[0]):
         parts.append(f"first/last hidden layer gradient {depth[0]:.2g} by the fit")
+    elif measurable == 1:
+        parts.append(
+            "one hidden layer, no depth to vanish over; its gradient is within a thousandfold "
+            "of the output layer's"
+        )
     if math.isfinite(time_change):
         parts.append(f"first/last time step {time_change:.2g}")
     reason = "; ".join(parts) or "no vanishing or exploding rule fired"

@@ -29,7 +29,9 @@ and what each quantity is:
   inf for a gradient that holds inf or NaN);
 - ``time``: for a sequence, ``||dL/dx_t||`` at each time step ``t`` of the input of the first
   recurrent module (``nn.RNN``, ``nn.LSTM``, ``nn.GRU``), or of the model's input along
-  ``time_dim`` when the caller names it (vglib's own ``ElmanRNN`` has its time axis at 1).
+  ``time_dim`` when the caller names it (vglib's own ``ElmanRNN`` has its time axis at 1); token
+  ids have no gradient, so a ``time_dim`` on them is measured at the output of the layer that
+  reads them (the embedding), along the same dimension.
 
 Inputs: ``inputs`` is a tensor (``model(x)``), a tuple or list (``model(*inputs)``) or a dict
 (``model(**inputs)``, e.g. ``input_ids`` and ``attention_mask``). The output may be a tensor, a
@@ -216,11 +218,17 @@ def gradient_flow(
     recurrent: list[tuple[str, torch.Tensor, int]] = []
     names_of = {id(m): n for n, m in candidates.items()}
 
-    def after(module: nn.Module, _inputs: Any, output: Any) -> None:
+    tokens = time_source is not None and not time_source[1].is_floating_point()
+
+    def after(module: nn.Module, args: Any, output: Any) -> None:
+        nonlocal time_source
         name = names_of[id(module)]
         counts[name] = counts.get(name, 0) + 1
         label = name if counts[name] == 1 else f"{name}#{counts[name]}"
-        calls.append((label, module, first_tensor(output)))
+        h = first_tensor(output)
+        calls.append((label, module, h))
+        if tokens and time_source[0] == "" and args and args[0] is time_source[1] and h is not None:
+            time_source = (label, h, time_source[2])  # the embedding of the token ids
 
     def before_recurrent(module: nn.Module, args: tuple[Any, ...]) -> None:
         x = args[0] if args else None
@@ -246,6 +254,12 @@ def gradient_flow(
             params = dict(model.named_parameters())
             trainable = {n: p for n, p in params.items() if p.requires_grad}
             outputs = [h for _, _, h in calls if h is not None and h.requires_grad]
+            if tokens and time_source[0] == "":
+                raise ValueError(
+                    "time_dim is on an integer input (token ids), which has no gradient, and no layer "
+                    "with parameters reads it directly: name a floating-point input, or leave "
+                    "time_dim out to measure at the input of the model's first recurrent module"
+                )
             time_tensor = (
                 time_source[1] if time_source is not None else (recurrent[0][1] if recurrent else None)
             )
@@ -291,12 +305,8 @@ def _with_time_input(
         raise TypeError(f"the time axis must be on a tensor input, got {type(chosen).__name__}")
     if not -chosen.ndim <= time_dim < chosen.ndim:
         raise ValueError(f"time_dim {time_dim} is out of range for an input of shape {tuple(chosen.shape)}")
-    if not chosen.is_floating_point():
-        raise ValueError(
-            "the time axis is on an integer input (token ids), which has no gradient: leave time_dim "
-            "out and vglib measures at the input of the model's first recurrent module, or name a "
-            "floating-point input"
-        )
+    if not chosen.is_floating_point():  # token ids: measured at the output of the layer that reads them
+        return new, ("", chosen, time_dim % chosen.ndim)
     return new, ("model input", chosen, time_dim % chosen.ndim)
 
 

@@ -71,7 +71,7 @@ def test_undetermined_where_the_evidence_cannot_decide():
     # B10: a NaN in the input is not exploding gradients; no advice about initialisation
     nan_input = judge(_flow([1.0] * 5, inputs_finite=False))
     assert nan_input.status == "undetermined" and "NaN" in nan_input.reason and nan_input.remedies == ()
-    one_layer = judge(_flow([1.0, 1.0]))
+    one_layer = judge(_flow([1.0]))
     assert one_layer.status == "undetermined" and "no depth or time" in one_layer.reason
     overflow = judge(_flow([1.0, np.inf, 1.0], nonfinite=("l1",)))
     assert overflow.status == "exploding" and overflow.flagged == ("l1",)
@@ -262,11 +262,20 @@ def test_vanishing_through_time_is_seen_in_rnns():
     assert elman.status == "vanishing" and elman.flow.time.steps == 100
 
 
-def test_a_single_weight_layer_is_undetermined_not_healthy():
+def test_a_single_layer_is_undetermined_and_one_hidden_layer_is_judged_against_the_output():
+    report = vglib.diagnose(nn.Linear(8, 3), torch.randn(8, 8), torch.randint(0, 3, (8,)))
+    assert report.status == "undetermined" and "time_dim" in report.reason and report.remedies == ()
+    torch.manual_seed(0)
     cnn = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3))
     report = vglib.diagnose(cnn, torch.randn(8, 1, 8, 8), torch.randint(0, 3, (8,)))
-    assert report.layer_names == ("0", "3") and report.status == "undetermined"
-    assert "time_dim" in report.reason and report.remedies == ()
+    assert (
+        report.layer_names == ("0", "3")
+        and report.status == "healthy"
+        and "one hidden layer" in report.reason
+    )
+    with torch.no_grad():
+        cnn[3].weight.mul_(1e-5)  # the head passes on a hundred-thousandth of its gradient
+    assert vglib.diagnose(cnn, torch.randn(8, 1, 8, 8), torch.randint(0, 3, (8,))).status == "vanishing"
 
 
 def test_nan_input_is_undetermined():

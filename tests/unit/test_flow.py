@@ -257,9 +257,15 @@ def test_time_axis_named_by_the_caller_and_found_for_vglib_rnns():
     rnn = vglib.build_rnn(8, activation="tanh", seed=0)
     xs, ys = vglib.adding_problem(4, 12, seed=0)
     assert vglib.gradient_flow(rnn, xs, ys).time.steps == 12  # ElmanRNN: time along dimension 1
-    with pytest.raises(ValueError, match="integer input"):
-        vglib.gradient_flow(nn.Sequential(nn.Embedding(5, 4), nn.Flatten(), nn.Linear(12, 2)),
-                            torch.randint(0, 5, (2, 3)), torch.randint(0, 2, (2,)), time_dim=1)  # fmt: skip
+    # token ids have no gradient: the time axis is read at the embedding's output
+    torch.manual_seed(0)
+    lm = nn.Sequential(nn.Embedding(5, 4), nn.Flatten(), nn.Linear(12, 2))
+    ids, labels = torch.randint(0, 5, (2, 3)), torch.randint(0, 2, (2,))
+    flow = vglib.gradient_flow(lm, ids, labels, time_dim=1)
+    embedded = lm[0](ids)
+    (g,) = torch.autograd.grad(F.cross_entropy(lm[2](embedded.flatten(1)), labels), embedded)
+    assert flow.time.where == "0"
+    np.testing.assert_allclose(flow.time.grad_norms, g.double().norm(dim=(0, 2)).numpy(), rtol=1e-6)
     with pytest.raises(ValueError, match="out of range"):
         vglib.gradient_flow(conv, x, y, time_dim=3)
 

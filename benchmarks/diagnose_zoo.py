@@ -1,0 +1,97 @@
+"""How far ``vglib.diagnose`` can be trusted: its verdict on every model of the labelled zoo
+(``tests/zoo``), against the zoo's committed labels, as a confusion matrix.
+
+The labels come from two sources computed with plain torch (a gradient measurement and where 20
+SGD steps move the weights, against a matched healthy control); a model whose two sources
+disagree is *ambiguous* (see ``tests/zoo/README.md``). The target: no wrong verdict of any kind
+(healthy, vanishing and exploding never confused), and *undetermined* only on ambiguous models.
+
+    python benchmarks/diagnose_zoo.py            # print the matrix and every disagreement
+    python benchmarks/diagnose_zoo.py --write    # also write benchmarks/results/diagnose_zoo.json
+
+The JSON file holds every case's label and verdict (with the verdict's reason), and is what the
+detection chapter reads; ``tests/zoo/test_zoo_verdicts.py`` re-runs ``diagnose`` on every case and
+checks it against both the labels and this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tomllib
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import vglib  # noqa: E402
+from tests.zoo.models import CASES  # noqa: E402
+
+LABELS = ("healthy", "vanishing", "exploding", "ambiguous")
+VERDICTS = vglib.diagnosis.STATUSES
+RESULTS = ROOT / "benchmarks" / "results" / "diagnose_zoo.json"
+
+
+def labels() -> dict[str, str]:
+    cases = tomllib.loads((ROOT / "tests" / "zoo" / "labels.toml").read_text())["cases"]
+    return {name: case["label"] for name, case in cases.items()}
+
+
+def verdict(name: str) -> vglib.Diagnosis:
+    case = CASES[name]()
+    return vglib.diagnose(
+        case.model, case.inputs, case.target, case.loss_fn, time_dim=case.time_dim, time_input=case.time_input
+    )
+
+
+def is_right(label: str, status: str) -> bool:
+    """A verdict is right when it matches a decided label; on an ambiguous model any verdict is
+    allowed, undetermined included (and only there)."""
+    return label == "ambiguous" or status == label
+
+
+def run() -> dict[str, dict[str, str]]:
+    torch.set_num_threads(1)
+    out = {}
+    for name, label in sorted(labels().items()):
+        report = verdict(name)
+        out[name] = {"label": label, "verdict": report.status, "reason": report.reason}
+    return out
+
+
+def matrix(results: dict[str, dict[str, str]]) -> dict[str, dict[str, int]]:
+    counts = {label: dict.fromkeys(VERDICTS, 0) for label in LABELS}
+    for r in results.values():
+        counts[r["label"]][r["verdict"]] += 1
+    return counts
+
+
+def render(counts: dict[str, dict[str, int]]) -> str:
+    lines = [f"{'label / verdict':<18}" + "".join(f"{v:>14}" for v in VERDICTS) + f"{'total':>8}"]
+    for label in LABELS:
+        row = counts[label]
+        lines.append(f"{label:<18}" + "".join(f"{row[v]:>14}" for v in VERDICTS) + f"{sum(row.values()):>8}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--write", action="store_true", help=f"write {RESULTS.relative_to(ROOT)}")
+    args = parser.parse_args()
+    results = run()
+    print(render(matrix(results)))
+    wrong = {n: r for n, r in results.items() if not is_right(r["label"], r["verdict"])}
+    print(f"\n{len(results)} models, {len(wrong)} wrong verdicts")
+    for name, r in wrong.items():
+        print(f"  {name}: label {r['label']}, verdict {r['verdict']} ({r['reason']})")
+    if args.write:
+        RESULTS.parent.mkdir(exist_ok=True)
+        RESULTS.write_text(json.dumps({"torch": torch.__version__, "cases": results}, indent=1) + "\n")
+        print(f"wrote {RESULTS.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
