@@ -58,7 +58,9 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
     def __init__(self, widths: tuple[int, ...] = (64, 128, 256), classes: int = 10):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
+        )
         blocks, c_in = [], widths[0]
         for i, c in enumerate(widths):
             blocks += [BasicBlock(c_in, c, 1 if i == 0 else 2), BasicBlock(c, c, 1)]

@@ -22,6 +22,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocato
 
 from ._seed import SeedSpread
 from .activations import get_activation
+from .flow import TimeFlow
 from .harness import HarnessResult, HarnessRuns
 from .probes import GradientProfile
 from .tables import MonitorTable
@@ -302,6 +303,34 @@ def plot_gradient_profile(
     ax.set_ylabel(rf"$\|{symbol}\|$ (log scale)")
     ax.set_title(title, fontsize=10)
     if any(profiles):
+        ax.legend(fontsize=8, framealpha=1.0)
+    if zeros or bad or missing:
+        ax.text(0.99, 0.02, _underflow_note(zeros, bad, missing), transform=ax.transAxes, ha="right",
+                va="bottom", fontsize=8)  # fmt: skip
+    return fig
+
+
+def plot_time_gradients(flows: TimeFlow | Mapping[str, TimeFlow], *, title: str = "") -> Figure:
+    """The gradient that reaches each time step, ``||dL/dx_t||`` (``GradientFlow.time``), of one
+    sequence model or of several (a label each), first step on the left; exact zeros at the floor."""
+    if isinstance(flows, TimeFlow):
+        flows = {"": flows}
+    if not flows:
+        raise ValueError("plot_time_gradients needs at least one TimeFlow")
+    fig = _new_figure(6.4, 3.6)
+    ax = fig.add_subplot()
+    _decorate_log_axis(ax)
+    low, high, zeros, bad, missing, steps = np.inf, 0.0, 0, 0, 0, 1
+    for i, (label, flow) in enumerate(flows.items()):
+        curve = _NormCurve(ax, label, OKABE_ITO[i % 7], "osD^v<>"[i % 7])
+        lo, hi, z, b, m = curve.set(np.asarray(flow.grad_norms, dtype=np.float64))
+        low, high, zeros, bad, missing = min(low, lo), max(high, hi), zeros + z, bad + b, missing + m
+        steps = max(steps, flow.steps)
+    _set_limits(ax, steps, low, high)
+    ax.set_xlabel("time step $t$ (1 = first)")
+    ax.set_ylabel(r"$\|\partial L/\partial x_t\|$ (log scale)")
+    ax.set_title(title, fontsize=10)
+    if any(flows):
         ax.legend(fontsize=8, framealpha=1.0)
     if zeros or bad or missing:
         ax.text(0.99, 0.02, _underflow_note(zeros, bad, missing), transform=ax.transAxes, ha="right",
