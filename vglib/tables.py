@@ -8,17 +8,37 @@ import numpy as np
 
 __all__ = ["COLUMNS", "MonitorTable", "RecordedMonitor"]
 
-COLUMNS = ("grad_norm", "weight_norm", "update_ratio", "mean", "std", "saturated", "dead")
+COLUMNS = ("grad_norm", "weight_norm", "update_ratio", "mean", "std", "saturated", "dead", "unit_std")
+"""The value columns of a ``MonitorTable`` (see its docstring for what each holds)."""
 
 
 @dataclass(frozen=True)
 class MonitorTable:
     """The monitor's records as columns, one row per (sampled step, layer).
 
-    ``kind`` is ``"parameters"`` for a layer with weights (``grad_norm`` = ||dL/dW||,
-    ``weight_norm``, ``update_ratio`` = ||W_after - W_before|| / ||W_before||) and
-    ``"activation"`` for an activation or recurrent module (``grad_norm`` = ||dL/dh|| of its
-    output, ``mean``, ``std``, ``saturated``, ``dead``). Columns that do not apply hold NaN.
+    ``kind`` is ``"parameters"`` for a module with trainable parameters of its own and
+    ``"activation"`` for one call of an activation or recurrent module. Columns that do not apply
+    hold NaN:
+
+    - ``grad_norm``: ``||dL/dW||`` of the module's parameters (``"parameters"``), or ``||dL/dh||``
+      of the call's output (``"activation"``).
+    - ``weight_norm``: ``||W||`` before the step; ``update_ratio``: ``||W_after - W_before|| /
+      ||W_before||`` (``"parameters"``).
+    - ``mean``, ``std``: over every entry of the call's output (``"activation"``).
+    - ``saturated``: the fraction of entries where a sigmoid's or tanh's derivative is below 10 % of
+      its maximum; ``dead``: the fraction of units that are exactly 0 for every example of the batch
+      (ReLU family). A *unit* is one entry of one example's output: all dimensions but the first,
+      which is the batch (a conv unit is a channel at a pixel).
+    - ``unit_std``: the median over units of each unit's standard deviation over the batch (the
+      lower median for an even count). Near 0 while ``std`` is not, every example gets the same
+      output: the forward signal has *collapsed* (a forward problem that looks like vanishing
+      gradients downstream).
+
+    An activation module called several times per forward pass has one row per call: ``"act"``,
+    ``"act#2"``, ``"act#3"``, ... in call order. With gradient accumulation an activation row
+    pools the step's micro-batches (see ``GradientMonitor``). Within a step rows are in the order
+    the model first uses the layers, which ``layers()`` and ``matrix()`` keep. A table recorded
+    before a column existed reads as NaN in it.
     """
 
     step: np.ndarray
@@ -33,11 +53,13 @@ class MonitorTable:
         if column in ("step", "layer", "kind"):
             return getattr(self, column)
         if column not in self.columns:
+            if column in COLUMNS:  # recorded before this column existed
+                return np.full(len(self.step), np.nan)
             raise KeyError(f"unknown column {column!r}; columns are step, layer, kind, {', '.join(COLUMNS)}")
         return self.columns[column]
 
     def layers(self, kind: str) -> list[str]:
-        """Layer names of one kind, in the order the model first called them."""
+        """Layer names of one kind, in the order the model first used them (the table's order)."""
         seen: dict[str, None] = {}
         for name, k in zip(self.layer, self.kind, strict=True):
             if k == kind:

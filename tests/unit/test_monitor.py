@@ -193,3 +193,15 @@ def test_monitor_plots():
     with pytest.raises(ValueError, match="no update ratios"):
         empty = vglib.GradientMonitor(vglib.build_mlp(1, 2))
         vglib.plot_update_ratios(empty.table())
+
+
+def test_a_table_recorded_before_a_column_existed_reads_nan_in_it():
+    old = vglib.MonitorTable(
+        step=np.array([0, 0]),
+        layer=np.array(["linear1", "act1"], dtype=object),
+        kind=np.array(["parameters", "activation"], dtype=object),
+        columns={c: np.ones(2) for c in vglib.tables.COLUMNS if c != "unit_std"},
+    )
+    assert np.isnan(old["unit_std"]).all() and len(old["unit_std"]) == 2
+    with pytest.raises(KeyError, match="unit_std"):  # the message lists the columns, the new one too
+        old["unit_sd"]
