@@ -30,8 +30,6 @@ sys.path.insert(0, str(ROOT))
 import vglib  # noqa: E402
 from tests.zoo.models import CASES  # noqa: E402
 
-LABELS = ("healthy", "vanishing", "exploding", "ambiguous")
-VERDICTS = vglib.diagnosis.STATUSES
 RESULTS = ROOT / "benchmarks" / "results" / "diagnose_zoo.json"
 
 
@@ -62,27 +60,12 @@ def run() -> dict[str, dict[str, str]]:
     return out
 
 
-def matrix(results: dict[str, dict[str, str]]) -> dict[str, dict[str, int]]:
-    counts = {label: dict.fromkeys(VERDICTS, 0) for label in LABELS}
-    for r in results.values():
-        counts[r["label"]][r["verdict"]] += 1
-    return counts
-
-
-def render(counts: dict[str, dict[str, int]]) -> str:
-    lines = [f"{'label / verdict':<18}" + "".join(f"{v:>14}" for v in VERDICTS) + f"{'total':>8}"]
-    for label in LABELS:
-        row = counts[label]
-        lines.append(f"{label:<18}" + "".join(f"{row[v]:>14}" for v in VERDICTS) + f"{sum(row.values()):>8}")
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--write", action="store_true", help=f"write {RESULTS.relative_to(ROOT)}")
     args = parser.parse_args()
     results = run()
-    print(render(matrix(results)))
+    print(vglib.verdict_matrix(results))
     wrong = {n: r for n, r in results.items() if not is_right(r["label"], r["verdict"])}
     print(f"\n{len(results)} models, {len(wrong)} wrong verdicts")
     for name, r in wrong.items():

@@ -28,6 +28,11 @@ The models:
   work on the 21 parameter rows, and (monitored - monitored without activation hooks, "no act.") /
   activation modules, the activation work alone.
 
+For (a) and (e) a second plain copy is timed as well (an A/A control): its ratio to the first is the
+noise floor of the comparison (two copies of one model need not run equally fast), against which the
+unsampled figure is read; the added cost of an unsampled step is also measured directly, as
+``optimizer.step()`` with and without a monitor's hooks.
+
 Targets (from the issue): at most 1.25x at ``every=1`` on (a)-(d), at most 1.05x at ``every=10``, and
 unsampled steps under 1 %.
 """
@@ -240,6 +245,8 @@ def measure(
                     monitor.activations = []
                 opened.append(monitor.attach())
             variants[label, sampling] = step
+    if case.unsampled:  # an A/A control: a second plain copy, timed like the others
+        variants["control", "plain copy"] = make_step(copy.deepcopy(reference), case, x, y)[0]
     for step in variants.values():  # warm up (and take the one sampled step of every = 10**6)
         for _ in range(3):
             step()
@@ -266,6 +273,8 @@ def measure(
 
 
 def report(case: Case, plain_ms: float, figures: dict[tuple[str, str], Figure], hooked: int) -> None:
+    figures = dict(figures)
+    control = figures.pop(("control", "plain copy"), None)
     labels = list(dict.fromkeys(label for label, _ in figures))
     print(f"\n{case.title}: plain {plain_ms:.2f} ms/step; {hooked} activation modules hooked")
     print(f"  {'':10}" + "".join(f"  {label:>34}" for label in labels))
@@ -275,6 +284,11 @@ def report(case: Case, plain_ms: float, figures: dict[tuple[str, str], Figure], 
             f = figures[label, sampling]
             cells.append(f"{f.ms:7.2f} ms {f.ratio:6.3f}x ({f.iqr[0]:.3f}-{f.iqr[1]:.3f})")
         print(f"  {sampling:10}" + "".join(f"  {cell:>34}" for cell in cells))
+    if control is not None:
+        print(
+            f"  a second plain copy (A/A control, the noise floor): {control.ms:.2f} ms {control.ratio:.3f}x "
+            f"({control.iqr[0]:.3f}-{control.iqr[1]:.3f})"
+        )
     if case.key == "e":
         for title, baseline in (("incl. the parameter rows", None), ("activation work alone", "no act.")):
             per_module = {}

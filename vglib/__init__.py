@@ -4,12 +4,12 @@ Layers, each importing only from those above it: activations and initialisations
 probes -> theory -> plots -> widgets.
 """
 
-from . import widgets
+from . import examples, widgets
 from ._glue import glue, rounded
 from ._seed import SeedSpread, over_seeds, seed_everything, seed_offset, shifted_seed, torch_seed
 from .activations import ACTIVATIONS, Activation, activation_derivative, get_activation
 from .data import ADDING_BASELINE_MSE, adding_problem, probe_batch, teacher_student
-from .diagnosis import Diagnosis, Finding, diagnose, loss_stalled
+from .diagnosis import Diagnosis, Finding, diagnose, loss_stalled, verdict_matrix
 from .flow import GradientFlow, TimeFlow, gradient_flow
 from .harness import (
     HARNESS_SEEDS,
@@ -42,7 +42,7 @@ from .models import (
     build_recurrent,
     build_rnn,
 )
-from .monitor import GradientMonitor
+from .monitor import GradientMonitor, register_activation
 from .plots import (
     UNDERFLOW_FLOOR,
     CurveFigure,
@@ -55,6 +55,7 @@ from .plots import (
     plot_harness_results,
     plot_histograms_over_training,
     plot_order_to_chaos,
+    plot_time_gradients,
     plot_training_curves,
     plot_update_ratios,
 )
@@ -141,6 +142,7 @@ __all__ = [
     "chi_1",
     "curve_explorer",
     "diagnose",
+    "examples",
     "fitted_growth",
     "fixed_point",
     "forward_statistics",
@@ -171,11 +173,13 @@ __all__ = [
     "plot_harness_results",
     "plot_histograms_over_training",
     "plot_order_to_chaos",
+    "plot_time_gradients",
     "plot_training_curves",
     "plot_update_ratios",
     "predicted_gradient_norms",
     "probe_batch",
     "records_mode",
+    "register_activation",
     "relu_gradient_factor",
     "rnn_vanishing_radius",
     "rounded",
@@ -191,6 +195,7 @@ __all__ = [
     "torch_seed",
     "train",
     "variance_propagation",
+    "verdict_matrix",
     "weight_layers",
     "widgets",
 ]

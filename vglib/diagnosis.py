@@ -15,7 +15,8 @@ the rule, the measured value, the threshold and where.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -28,8 +29,10 @@ from .flow import GradientFlow, Inputs, gradient_flow
 __all__ = [
     "COLLAPSE_SPREAD",
     "DEPTH_DECADES",
+    "LABELS",
     "MIN_DEPTH",
     "OUTPUT_DECADES",
+    "SPREAD_RESOLUTION",
     "STALL_WINDOW",
     "STATUSES",
     "TIME_DECADES",
@@ -37,6 +40,7 @@ __all__ = [
     "Finding",
     "diagnose",
     "loss_stalled",
+    "verdict_matrix",
 ]
 
 STATUSES = ("healthy", "vanishing", "exploding", "undetermined")
@@ -78,6 +82,12 @@ learns) but is a forward-signal finding. Why 1e-4: float32 resolves relative dif
 1e-7; below 1e-4 the differences between examples are a thousandth of what a healthy layer shows
 (0.1 to 1) and within a few digits of rounding."""
 
+SPREAD_RESOLUTION = 1e-6
+"""The smallest unit spread a float32 layer output can show: below it the differences between
+examples are a few units in the last place of float32 (about 1.2e-7 of the scale), so the value
+measures rounding, not the network, and changes with the CPU's kernels. The printed table shows
+such a spread as ``<1e-06``; ``flow.unit_spread`` keeps the measured value."""
+
 _REMEDIES = {
     "vanishing": (
         "initialise for the activation: He for ReLU, Xavier/LeCun or orthogonal for tanh "
@@ -108,6 +118,11 @@ class Finding:
 
     def __str__(self) -> str:
         return f"{self.rule} at {self.where}: {self.message}"
+
+
+def _spread_text(spread: float) -> str:
+    """A unit spread as the table prints it: two digits, or ``<1e-06`` below float32's resolution."""
+    return f"<{SPREAD_RESOLUTION:.0e}" if spread < SPREAD_RESOLUTION else f"{spread:.2g}"
 
 
 @dataclass(frozen=True)
@@ -158,7 +173,7 @@ class Diagnosis:
             lines.append(
                 f"{name:<{width}}  {flow.layer_types[i][:13]:<14}{flow.output_grad_rms[i]:>12.3g}"
                 f"{flow.weight_grad_norms[i]:>11.3g}{flow.bias_grad_norms[i]:>11.3g}"
-                f"{flow.unit_spread[i]:>13.3g}  {flag}"
+                f"{_spread_text(flow.unit_spread[i]):>13}  {flag}"
             )
         if flow.time is not None:
             g = flow.time.grad_norms
@@ -243,7 +258,10 @@ def judge(flow: GradientFlow) -> Diagnosis:
     ]
     if collapsed:  # reported beside the gradient verdict, not as one
         name, spread = collapsed[0]
-        message = f"its units vary over the batch by {spread:.2g} of their scale: every example looks alike"
+        message = (
+            f"its units vary over the batch by {_spread_text(spread)} of their scale: "
+            "every example looks alike"
+        )
         findings.append(Finding("forward collapse", float(spread), COLLAPSE_SPREAD, name, message))
         flagged.append(name)
 
@@ -367,6 +385,25 @@ def _head_rule(gap: float, output: str) -> tuple[Finding, tuple[str, str]] | Non
 def _weakest(names: Sequence[str], norms: np.ndarray, *, low: bool, count: int = 3) -> list[str]:
     finite = [(v, n) for n, v in zip(names, norms, strict=True) if math.isfinite(v)]
     return [n for _, n in sorted(finite, reverse=not low)[:count]]
+
+
+LABELS = ("healthy", "vanishing", "exploding", "ambiguous")
+"""The labels of a model zoo: the three verdicts a model can deserve, and *ambiguous* for a model
+whose independent labels disagree (``tests/zoo``)."""
+
+
+def verdict_matrix(cases: Mapping[str, Mapping[str, str]]) -> str:
+    """The confusion matrix of labelled verdicts as text: one row per label (``LABELS``), one
+    column per verdict (``STATUSES``), from ``{model: {"label": ..., "verdict": ...}}``."""
+    counts = Counter((case["label"], case["verdict"]) for case in cases.values())
+    unknown = {key for key in counts if key[0] not in LABELS or key[1] not in STATUSES}
+    if unknown:
+        raise ValueError(f"labels must be in {LABELS} and verdicts in {STATUSES}, got {sorted(unknown)}")
+    lines = [f"{'label / verdict':<17}" + "".join(f"{v:>14}" for v in STATUSES) + f"{'total':>8}"]
+    for label in LABELS:
+        row = [counts[label, v] for v in STATUSES]
+        lines.append(f"{label:<17}" + "".join(f"{n:>14}" for n in row) + f"{sum(row):>8}")
+    return "\n".join(lines)
 
 
 # -- stalled loss ----------------------------------------------------------------------------------

@@ -333,3 +333,31 @@ def test_loss_stalled():
     assert not vglib.loss_stalled(np.append(flat, [np.inf] * 100))
     with pytest.raises(ValueError, match="at least 100 losses"):
         vglib.loss_stalled(flat[:99], window=50)
+
+
+def test_verdict_matrix_counts_each_label_and_verdict():
+    cases = {
+        "a": {"label": "healthy", "verdict": "healthy"},
+        "b": {"label": "healthy", "verdict": "healthy"},
+        "c": {"label": "ambiguous", "verdict": "undetermined"},
+        "d": {"label": "vanishing", "verdict": "exploding"},
+    }
+    rows = {line.split()[0]: line.split()[1:] for line in vglib.verdict_matrix(cases).splitlines()[1:]}
+    assert rows["healthy"] == ["2", "0", "0", "0", "2"] and rows["ambiguous"] == ["0", "0", "0", "1", "1"]
+    assert rows["vanishing"] == ["0", "0", "1", "0", "1"] and rows["exploding"] == ["0"] * 5
+    with pytest.raises(ValueError, match="labels must be in"):
+        vglib.verdict_matrix({"e": {"label": "dubious", "verdict": "healthy"}})
+
+
+def test_spreads_below_float32_resolution_print_as_a_bound():
+    # a 20-layer default-init sigmoid net collapses its forward signal to float32's rounding
+    model = vglib.build_mlp(20, 64, "sigmoid", "default", seed=0, in_features=16)
+    x, y = vglib.teacher_student(64, seed=0)
+    report = vglib.diagnose(model, x, y)
+    spreads = report.flow.unit_spread
+    assert (spreads < vglib.diagnosis.SPREAD_RESOLUTION).any() and (spreads > 1e-3).any()
+    rows = {line.split()[0]: line for line in str(report).splitlines() if line.startswith("linear")}
+    for name, spread in zip(report.layer_names, spreads, strict=True):
+        if name in rows:
+            shown = "<1e-06" if spread < 1e-6 else f"{spread:.2g}"
+            assert f" {shown} " in rows[name]

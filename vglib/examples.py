@@ -1,0 +1,167 @@
+"""The book's example models, written as a reader would write them, and the look-alikes of
+vanishing gradients: conditions that stall training as vanishing gradients do, but are not them.
+
+The look-alikes are variants of the detection chapter's 20-layer, width-64 students on the
+teacher-student task (``vglib.teacher_student``, 16 inputs); ``lookalike(name)`` builds one with
+the learning rate of its demonstration (SGD with momentum 0.9), and ``signature(report, run)``
+condenses what ``diagnose`` and the ``GradientMonitor`` show for it into one row.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._validation import check_choice
+from .diagnosis import Diagnosis
+from .models import build_mlp
+from .train import TrainingHistory
+
+__all__ = ["LOOKALIKES", "AddingLSTM", "lookalike", "sigmoid_cnn", "signature", "signature_table"]
+
+
+class AddingLSTM(nn.Module):
+    """An ``nn.LSTM`` with a linear head on its last output: a model for the adding problem
+    (``vglib.adding_problem``), as a reader would write it."""
+
+    def __init__(self, hidden: int = 32):
+        super().__init__()
+        self.lstm = nn.LSTM(2, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, 1)
+
+    def forward(self, sequences: torch.Tensor) -> torch.Tensor:
+        return self.head(self.lstm(sequences)[0][:, -1])
+
+
+def sigmoid_cnn(channels: int = 8, classes: int = 10, size: int = 8) -> nn.Sequential:
+    """Three 3x3 convolutions with sigmoids and a linear head, PyTorch's default initialisation,
+    for ``size`` x ``size`` one-channel images (built from the global RNG, as ``nn`` layers are)."""
+    return nn.Sequential(
+        nn.Conv2d(1, channels, 3, padding=1), nn.Sigmoid(),
+        nn.Conv2d(channels, channels, 3, padding=1), nn.Sigmoid(),
+        nn.Conv2d(channels, channels, 3, padding=1), nn.Sigmoid(),
+        nn.Flatten(), nn.Linear(channels * size * size, classes),
+    )  # fmt: skip
+
+
+LOOKALIKES = (
+    "vanishing gradients",
+    "too small a learning rate",
+    "dead ReLUs",
+    "forward collapse",
+    "detached graph",
+    "saturated output",
+)
+"""The conditions ``lookalike`` builds: the real thing first, then five that stall training too."""
+
+
+def lookalike(name: str, seed: int = 0) -> tuple[nn.Module, float]:
+    """A 20 x 64 student (16 inputs, 1 output) in condition ``name`` (one of ``LOOKALIKES``), and
+    the SGD learning rate of its demonstration:
+
+    - *vanishing gradients*: sigmoid, PyTorch's default initialisation, lr 0.02;
+    - *too small a learning rate*: a healthy tanh/Xavier student at lr 2e-6 (1e4 times smaller
+      than the 0.02 it trains with);
+    - *dead ReLUs*: ReLU/He with every hidden bias at -0.3, so fewer units fire at each layer until
+      a whole layer is dead for every input, lr 0.005;
+    - *forward collapse*: tanh/Xavier whose first layer's weights are scaled by 1e-6 and biases
+      drawn from U(-1, 1): that layer gives every input (nearly) the same output, lr 0.02;
+    - *detached graph*: tanh/Xavier with ``detach()`` after the tenth block (a forward hook), so no
+      gradient reaches blocks 1-10, lr 0.02;
+    - *saturated output*: tanh/Xavier with a sigmoid on the output and the head's bias at 8, so
+      the output sits on the sigmoid's flat tail (derivative 3e-4), lr 0.02.
+    """
+    check_choice("look-alike", name, LOOKALIKES)
+
+    def student(activation: str, init: str) -> nn.Sequential:
+        return build_mlp(20, 64, activation, init, seed=seed, in_features=16)
+
+    with torch.no_grad():
+        if name == "vanishing gradients":
+            return student("sigmoid", "default"), 0.02
+        if name == "too small a learning rate":
+            return student("tanh", "xavier"), 2e-6
+        if name == "dead ReLUs":
+            model = student("relu", "he")
+            for i in range(1, 21):
+                model.get_submodule(f"linear{i}").bias.fill_(-0.3)
+            return model, 0.005
+        if name == "forward collapse":
+            model = student("tanh", "xavier")
+            model.linear1.weight.mul_(1e-6)
+            model.linear1.bias.uniform_(-1.0, 1.0, generator=torch.Generator().manual_seed(seed))
+            return model, 0.02
+        if name == "detached graph":
+            model = student("tanh", "xavier")
+            model.act10.register_forward_hook(_detach)
+            return model, 0.02
+        model = student("tanh", "xavier")
+        model.head.bias.fill_(8.0)
+        return nn.Sequential(model, nn.Sigmoid()), 0.02
+
+
+def _detach(_module: nn.Module, _args: Any, output: torch.Tensor) -> torch.Tensor:
+    return output.detach()
+
+
+def signature(report: Diagnosis, run: TrainingHistory) -> dict[str, Any]:
+    """One row of what the instruments show for a model: ``diagnose``'s verdict and findings
+    before training, and from the run's monitor (``monitor_every`` must have been set) the
+    held-out loss at the first and last evaluation, the median update ratio of the first and the
+    last hidden layer (``||dW|| / ||W||`` per step), the largest fraction of dead units in any
+    activation module, and the smallest spread of an activation's units over the batch relative
+    to its overall spread (``unit_std / std``), all over the run."""
+    if run.monitor is None:
+        raise ValueError("signature needs a run trained with monitor_every set (it reads the monitor)")
+    table = run.monitor.table()
+    blocks = {}  # linear1 ... linear20, by block number, whatever the order of the rows
+    for name in table.layers("parameters"):
+        if match := re.search(r"linear(\d+)$", name):
+            blocks[name] = int(match.group(1))
+    parameters = sorted(blocks, key=blocks.__getitem__)
+    acts = table.kind == "activation"
+
+    def median_update(layer: str) -> float:
+        return float(np.median(table["update_ratio"][(table.kind == "parameters") & (table.layer == layer)]))
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        spread = table["unit_std"][acts] / table["std"][acts]
+    dead = table["dead"][acts]
+    return {
+        "verdict": report.status,
+        "findings": ", ".join(dict.fromkeys(f.rule for f in report.findings)) or "-",
+        "loss first": float(run.eval_loss[0]),
+        "loss last": float(run.eval_loss[-1]),
+        "update first": median_update(parameters[0]),
+        "update last": median_update(parameters[-1]),
+        "dead max": float(np.nanmax(dead)) if np.isfinite(dead).any() else math.nan,
+        "spread min": float(np.nanmin(spread)) if np.isfinite(spread).any() else math.nan,
+    }
+
+
+def signature_table(rows: dict[str, dict[str, Any]]) -> str:
+    """``signature`` rows as a plain-text table, one line per condition, at the few digits the
+    comparison needs (the update ratios and spreads span tens of decades); "-" where a column does
+    not apply (dead units, for activations other than the ReLU family)."""
+
+    def number(value: float, spec: str) -> str:
+        return "-" if math.isnan(value) else format(value, spec)
+
+    header = (
+        f"{'condition':<27}{'diagnose':<11}{'findings':<40}{'held-out loss':>14}"
+        f"{'update ratio 1st/last':>23}{'dead max':>10}{'spread min':>12}"
+    )
+    lines = [header, "-" * len(header)]
+    for name, r in rows.items():
+        loss = f"{r['loss first']:.2f} -> {r['loss last']:.2f}"
+        updates = f"{r['update first']:.0e} / {r['update last']:.0e}"
+        lines.append(
+            f"{name:<27}{r['verdict']:<11}{r['findings']:<40}{loss:>14}{updates:>23}"
+            f"{number(r['dead max'], '.2f'):>10}{number(r['spread min'], '.0e'):>12}"
+        )
+    return "\n".join(lines)
