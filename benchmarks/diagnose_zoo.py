@@ -9,8 +9,10 @@ disagree is *ambiguous* (see ``tests/zoo/README.md``). The target: no wrong verd
     python benchmarks/diagnose_zoo.py            # print the matrix and every disagreement
     python benchmarks/diagnose_zoo.py --write    # also write benchmarks/results/diagnose_zoo.json
 
-The JSON file holds every case's label and verdict (with the verdict's reason), and is what the
-detection chapter reads; ``tests/zoo/test_zoo_verdicts.py`` re-runs ``diagnose`` on every case and
+The JSON file holds every case's label and verdict (with the verdict's reason), ``diagnose``'s fitted
+change over depth and time (log10, 2 decimals; ``null`` where there is none or it is exactly 0) and
+the two sources' labels per axis (measurement, training), and is what the detection chapter reads;
+``tests/zoo/test_zoo_verdicts.py`` re-runs ``diagnose`` on every case and
 checks it against both the labels and this file.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tomllib
 from pathlib import Path
@@ -33,9 +36,13 @@ from tests.zoo.models import CASES  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results" / "diagnose_zoo.json"
 
 
-def labels() -> dict[str, str]:
-    cases = tomllib.loads((ROOT / "tests" / "zoo" / "labels.toml").read_text())["cases"]
-    return {name: case["label"] for name, case in cases.items()}
+def labels() -> dict[str, dict]:
+    return tomllib.loads((ROOT / "tests" / "zoo" / "labels.toml").read_text())["cases"]
+
+
+def log10_or_none(change: float) -> float | None:
+    """``log10`` of a fitted change, rounded; ``None`` where there is none (NaN) or it is 0."""
+    return round(math.log10(change), 2) if math.isfinite(change) and change > 0 else None
 
 
 def verdict(name: str) -> vglib.Diagnosis:
@@ -51,12 +58,19 @@ def is_right(label: str, status: str) -> bool:
     return label == "ambiguous" or status == label
 
 
-def run() -> dict[str, dict[str, str]]:
+def run() -> dict[str, dict]:
     torch.set_num_threads(1)
     out = {}
-    for name, label in sorted(labels().items()):
+    for name, case in sorted(labels().items()):
         report = verdict(name)
-        out[name] = {"label": label, "verdict": report.status, "reason": report.reason}
+        out[name] = {
+            "label": case["label"],
+            "verdict": report.status,
+            "reason": report.reason,
+            "log10_depth_change": log10_or_none(report.depth_change),
+            "log10_time_change": log10_or_none(report.time_change),
+            "sources": {a: [case[a]["measure_label"], case[a]["train_label"]] for a in case["axes"]},
+        }
     return out
 
 

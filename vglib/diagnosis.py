@@ -94,7 +94,6 @@ _REMEDIES = {
         "(chapter: Initialisation)",
         "replace sigmoid/tanh in hidden layers by ReLU-family activations (chapter: Activation functions)",
         "add normalisation or residual connections (chapters: Normalisation, Skip connections)",
-        "for recurrent models use LSTM/GRU cells (chapter: Gated recurrent units)",
     ),
     "exploding": (
         "reduce the initial weight scale (chapter: Initialisation)",
@@ -104,6 +103,34 @@ _REMEDIES = {
     "healthy": (),
     "undetermined": (),
 }
+
+
+_ZERO_REMEDIES = (
+    "the gradient is exactly 0, not small: look for ReLU units that are 0 for every input (the "
+    "monitor's dead column; a non-negative bias initialisation or a leaky ReLU avoids them) or a "
+    "detach()/no_grad in the forward pass",
+)
+_TIME_REMEDIES = (
+    "use gated cells (nn.LSTM/nn.GRU) with a forget-gate bias of 1 or more, or an orthogonal "
+    "recurrent matrix (chapter: Gated recurrent units)",
+    "clip the gradient norm against the exploding side (chapter: Gradient clipping)",
+)
+
+
+def _remedies(status: str, findings: Sequence[Finding]) -> tuple[str, ...]:
+    """What to try, for the axis and kind of what was found: exact zeros are not a scale problem,
+    and vanishing over time calls for the recurrent remedies, not the depth ones."""
+    if status != "vanishing":
+        return _REMEDIES[status]
+    rules = {f.rule: f for f in findings}
+    advice: tuple[str, ...] = ()
+    if any(f.rule.startswith("vanishing") and f.value == 0.0 for f in findings):
+        advice += _ZERO_REMEDIES
+    if "vanishing over time" in rules:
+        advice += _TIME_REMEDIES
+    if "vanishing over depth" in rules or "vanishing below the output layer" in rules:
+        advice += _REMEDIES["vanishing"][:3]
+    return advice or _REMEDIES["vanishing"]
 
 
 @dataclass(frozen=True)
@@ -241,7 +268,7 @@ def judge(flow: GradientFlow) -> Diagnosis:
         return Diagnosis(
             status=status, reason=reason, findings=tuple(findings), depth_change=depth[0],
             depth_factor=depth[1], time_change=time_change, flagged=tuple(dict.fromkeys(flagged)),
-            remedies=_REMEDIES[status], flow=flow,
+            remedies=_remedies(status, findings), flow=flow,
         )  # fmt: skip
 
     if not flow.inputs_finite:

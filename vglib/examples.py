@@ -22,7 +22,9 @@ from .diagnosis import Diagnosis
 from .models import build_mlp
 from .train import TrainingHistory
 
-__all__ = ["LOOKALIKES", "AddingLSTM", "lookalike", "sigmoid_cnn", "signature", "signature_table"]
+__all__ = [
+    "LOOKALIKES", "AddingLSTM", "ScaledSigmoid", "lookalike", "sigmoid_cnn", "signature", "signature_table",
+]  # fmt: skip
 
 
 class AddingLSTM(nn.Module):
@@ -73,8 +75,9 @@ def lookalike(name: str, seed: int = 0) -> tuple[nn.Module, float]:
       drawn from U(-1, 1): that layer gives every input (nearly) the same output, lr 0.02;
     - *detached graph*: tanh/Xavier with ``detach()`` after the tenth block (a forward hook), so no
       gradient reaches blocks 1-10, lr 0.02;
-    - *saturated output*: tanh/Xavier with a sigmoid on the output and the head's bias at 8, so
-      the output sits on the sigmoid's flat tail (derivative 3e-4), lr 0.02.
+    - *saturated output*: tanh/Xavier with a squashing output ``8 sigmoid(z) - 4`` (``ScaledSigmoid``:
+      its range holds the targets) and the head's bias at 10, so the output sits on the sigmoid's
+      flat tail (derivative ``8 sigmoid'(10) = 3.6e-4``), lr 0.02.
     """
     check_choice("look-alike", name, LOOKALIKES)
 
@@ -101,8 +104,16 @@ def lookalike(name: str, seed: int = 0) -> tuple[nn.Module, float]:
             model.act10.register_forward_hook(_detach)
             return model, 0.02
         model = student("tanh", "xavier")
-        model.head.bias.fill_(8.0)
-        return nn.Sequential(model, nn.Sigmoid()), 0.02
+        model.head.bias.fill_(10.0)
+        return nn.Sequential(model, ScaledSigmoid()), 0.02
+
+
+class ScaledSigmoid(nn.Module):
+    """``8 sigmoid(z) - 4``: an output squashed into (-4, 4), a range that holds the teacher-student
+    targets, so a network with this head can fit them once it leaves the sigmoid's tails."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return 8.0 * torch.sigmoid(z) - 4.0
 
 
 def _detach(_module: nn.Module, _args: Any, output: torch.Tensor) -> torch.Tensor:
@@ -111,8 +122,9 @@ def _detach(_module: nn.Module, _args: Any, output: torch.Tensor) -> torch.Tenso
 
 def signature(report: Diagnosis, run: TrainingHistory) -> dict[str, Any]:
     """One row of what the instruments show for a model: ``diagnose``'s verdict and findings
-    before training, and from the run's monitor (``monitor_every`` must have been set) the
-    held-out loss at the first and last evaluation, the median update ratio of the first and the
+    before training, the loss it measured (``report`` made on the held-out set: the loss before
+    training), the held-out loss at the run's first and last evaluation, and from the run's
+    monitor (``monitor_every`` must have been set) the median update ratio of the first and the
     last hidden layer (``||dW|| / ||W||`` per step), the largest fraction of dead units in any
     activation module, and the smallest spread of an activation's units over the batch relative
     to its overall spread (``unit_std / std``), all over the run."""
@@ -135,6 +147,7 @@ def signature(report: Diagnosis, run: TrainingHistory) -> dict[str, Any]:
     return {
         "verdict": report.status,
         "findings": ", ".join(dict.fromkeys(f.rule for f in report.findings)) or "-",
+        "loss start": float(report.flow.loss),
         "loss first": float(run.eval_loss[0]),
         "loss last": float(run.eval_loss[-1]),
         "update first": median_update(parameters[0]),
@@ -153,15 +166,15 @@ def signature_table(rows: dict[str, dict[str, Any]]) -> str:
         return "-" if math.isnan(value) else format(value, spec)
 
     header = (
-        f"{'condition':<27}{'diagnose':<11}{'findings':<40}{'held-out loss':>14}"
+        f"{'condition':<27}{'diagnose':<11}{'findings':<40}{'loss: start, 1st eval, end':>27}"
         f"{'update ratio 1st/last':>23}{'dead max':>10}{'spread min':>12}"
     )
     lines = [header, "-" * len(header)]
     for name, r in rows.items():
-        loss = f"{r['loss first']:.2f} -> {r['loss last']:.2f}"
+        loss = f"{r['loss start']:.2g} -> {r['loss first']:.2g} -> {r['loss last']:.2g}"
         updates = f"{r['update first']:.0e} / {r['update last']:.0e}"
         lines.append(
-            f"{name:<27}{r['verdict']:<11}{r['findings']:<40}{loss:>14}{updates:>23}"
+            f"{name:<27}{r['verdict']:<11}{r['findings']:<40}{loss:>27}{updates:>23}"
             f"{number(r['dead max'], '.2f'):>10}{number(r['spread min'], '.0e'):>12}"
         )
     return "\n".join(lines)

@@ -361,3 +361,23 @@ def test_spreads_below_float32_resolution_print_as_a_bound():
         if name in rows:
             shown = "<1e-06" if spread < 1e-6 else f"{spread:.2g}"
             assert f" {shown} " in rows[name]
+
+
+def test_remedies_follow_what_was_found():
+    # over time: the recurrent remedies, not the depth ones
+    with vglib.torch_seed(0):
+        lstm = vglib.examples.AddingLSTM()
+    sequences, sums = vglib.adding_problem(64, 100, seed=0)
+    report = vglib.diagnose(lstm, sequences, sums)
+    assert report.status == "vanishing"
+    assert any("forget-gate bias" in r for r in report.remedies)
+    assert not any("He for ReLU" in r for r in report.remedies)
+    # exact zeros (a ReLU net dead at initialisation): not a scale problem
+    dead, _ = vglib.examples.lookalike("dead ReLUs")
+    x, y = vglib.teacher_student(64, seed=0)
+    report = vglib.diagnose(dead, x, y)
+    assert report.status == "vanishing" and "exactly 0" in report.reason
+    assert "exactly 0, not small" in report.remedies[0]
+    # over depth, by the fit: the depth remedies
+    report = vglib.diagnose(vglib.build_mlp(20, 64, "sigmoid", "default", seed=0, in_features=16), x, y)
+    assert any("He for ReLU" in r for r in report.remedies) and not any("exactly 0" in r for r in report.remedies)
