@@ -49,11 +49,15 @@ DEPTH_DECADES = 3.0
 """Vanishing (exploding) over depth: along a robust straight-line fit of ``log10 ||dL/dh||`` per
 element against the layer's position, the gradient at the first hidden layer is below
 ``10**-DEPTH_DECADES`` (above ``10**DEPTH_DECADES``) times that at the last hidden layer. Why a
-thousand: the layers near the input then receive a thousandth of the gradient of the layers near
-the output, so at any learning rate that keeps the output layers stable they learn a thousand
-times more slowly (or, exploding, are a thousand times too large a step). A fit over every layer
-instead of the first and last alone keeps one unusual layer (a stem, an embedding, a zero-
-initialised branch) from deciding the verdict."""
+thousand: the error signal that reaches the layers near the input is then a thousandth of the one
+that reaches the layers near the output (or, exploding, a thousand times larger), three orders
+of magnitude, far outside the factor of a few that healthy networks show. It is a statement about
+the backward signal: how fast a layer *learns* also depends on its input (``dL/dW = delta h^T``),
+and where the forward signal shrinks as fast as the backward one grows every layer stalls alike
+(Glorot & Bengio 2010, section 4.2); the monitor's update ratios show that. A Theil-Sen fit over
+every hidden layer instead of the first and last alone keeps one unusual layer (a stem, an
+embedding, a zero-initialised branch) from deciding the verdict once there are five or more
+hidden layers; over fewer, one layer can still decide."""
 
 TIME_DECADES = 3.0
 """Vanishing (exploding) over time: by the same fit over the time steps, the gradient reaching
