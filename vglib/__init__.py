@@ -10,6 +10,7 @@ from ._seed import SeedSpread, over_seeds, seed_everything, seed_offset, shifted
 from .activations import ACTIVATIONS, Activation, activation_derivative, get_activation
 from .data import ADDING_BASELINE_MSE, adding_problem, probe_batch, teacher_student
 from .diagnosis import Diagnosis, Finding, diagnose, loss_stalled, verdict_matrix
+from .ensemble import EnsembleRun, train_ensemble
 from .flow import GradientFlow, TimeFlow, gradient_flow
 from .harness import (
     HARNESS_SEEDS,
@@ -108,6 +109,7 @@ __all__ = [
     "CurveFigure",
     "Diagnosis",
     "ElmanRNN",
+    "EnsembleRun",
     "Finding",
     "ForwardStatistics",
     "GatedRNN",
@@ -194,6 +196,7 @@ __all__ = [
     "teacher_student",
     "torch_seed",
     "train",
+    "train_ensemble",
     "variance_propagation",
     "verdict_matrix",
     "weight_layers",

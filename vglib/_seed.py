@@ -94,7 +94,10 @@ def torch_seed(seed: int) -> Iterator[None]:
     caller's state afterwards."""
     seed = shifted_seed(seed)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        # the CPU generator only: torch.manual_seed would also seed (lazily, recording a stack
+        # trace each time) the CUDA/XPU/MTIA generators, whose state fork_rng(devices=[]) does not
+        # restore
+        torch.default_generator.manual_seed(seed)
         yield
 
 

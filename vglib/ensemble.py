@@ -1,0 +1,263 @@
+"""Train several copies of one architecture at once, as one batched ensemble.
+
+A fair comparison trains every configuration with several seeds and several learning rates; on a
+CPU, small networks trained one by one spend their time in per-operation overhead, not in
+arithmetic. ``train_ensemble`` trains the *members* of one configuration, each a ``(seed, lr)``
+pair, together: ``torch.func.stack_module_state`` stacks the members' parameters and buffers along
+a new first dimension, ``torch.func.functional_call`` under ``torch.func.vmap`` runs every member's
+forward pass in one batched pass, and one backward pass of the summed losses gives every member
+its own gradient (each loss depends only on its own member's parameters). The update rules are
+PyTorch's (``torch.optim.SGD`` with momentum, ``torch.optim.Adam``) written over the stacked
+tensors, with a learning rate per member; gradient clipping is per member, as
+``clip_grad_norm_``/``clip_grad_value_`` would clip each network alone.
+
+Member ``k`` is built as ``vglib.train``'s caller builds it (``build(seed)`` under
+``torch_seed(seed)``) and draws its minibatches from its own generator seeded with its seed, so it
+follows the run ``train(build(seed), x, y, lr=lr, seed=seed, ...)`` up to floating-point rounding
+(tested over 20 steps for SGD with momentum, Adam and batch norm: the batched matrix products sum
+in another order). Batch norm keeps running statistics per member; evaluation runs in training
+mode on a copy of the buffers, as ``train`` evaluates, so held-out data never enters them.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from ._batch import default_loss
+from ._seed import generator as seeded_generator
+from ._seed import torch_seed
+from ._validation import check_choice, check_positive_int
+from .train import OPTIMIZERS, TrainingHistory
+
+__all__ = ["EnsembleRun", "train_ensemble"]
+
+_ADAM_BETAS = (0.9, 0.999)
+_ADAM_EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class EnsembleRun:
+    """What ``train_ensemble`` returns: per member ``k`` (``members[k] = (seed, lr)``), the
+    training loss at every step (``loss[k]``), the held-out loss every ``eval_every`` steps
+    (``eval_loss[k]``, at ``eval_steps``), the held-out accuracy where the targets are class
+    indices (``eval_accuracy[k]``, else ``None``), and the trained weights (``model(k)``)."""
+
+    members: tuple[tuple[int, float], ...]
+    loss: np.ndarray
+    eval_steps: np.ndarray
+    eval_loss: np.ndarray
+    eval_accuracy: np.ndarray | None
+    _build: Callable[[int], nn.Module]
+    _state: dict[str, torch.Tensor]
+
+    def history(self, k: int) -> TrainingHistory:
+        """Member ``k``'s run as ``vglib.train`` returns it (without a monitor)."""
+        return TrainingHistory(self.loss[k], self.eval_steps, self.eval_loss[k])
+
+    def model(self, k: int) -> nn.Module:
+        """Member ``k``, trained: built again with its seed and loaded with its final weights."""
+        seed = self.members[k][0]
+        with torch_seed(seed):
+            model = self._build(seed)
+        model.load_state_dict({name: value[k] for name, value in self._state.items()})
+        return model
+
+
+def _check_members(members: Sequence[tuple[int, float]]) -> tuple[tuple[int, float], ...]:
+    out = []
+    for member in members:
+        if not (isinstance(member, tuple | list) and len(member) == 2):
+            raise TypeError(f"each member is a (seed, lr) pair, got {member!r}")
+        seed, lr = member
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+            raise TypeError(f"a member's seed must be an int, got {seed!r}")
+        if not (isinstance(lr, int | float | np.floating) and lr > 0 and math.isfinite(lr)):
+            raise ValueError(f"a member's learning rate must be a finite number > 0, got {lr!r}")
+        out.append((int(seed), float(lr)))
+    if not out:
+        raise ValueError("an ensemble needs at least one member (seed, lr)")
+    return tuple(out)
+
+
+def _build_members(
+    build: Callable[[int], nn.Module], members: tuple[tuple[int, float], ...]
+) -> list[nn.Module]:
+    models = []
+    for seed, _ in members:
+        with torch_seed(seed):
+            model = build(seed)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"build(seed) must return an nn.Module, got {type(model).__name__}")
+        models.append(model)
+    shapes = [{k: tuple(v.shape) for k, v in m.state_dict().items()} for m in models]
+    if any(s != shapes[0] for s in shapes[1:]):
+        raise ValueError(
+            "build(seed) must give the same architecture for every seed (state_dict keys and shapes)"
+        )
+    return models
+
+
+def _loss_fn(y: torch.Tensor, probe: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The loss ``train`` uses for these targets, checked once on ``probe`` (a member's output on a
+    few examples) and returned in a form ``vmap`` can batch (no data-dependent checks inside)."""
+    default_loss(probe, y[: len(probe)])  # raises the clear errors: shapes, class range, dtype
+    if y.is_floating_point():
+        return F.mse_loss
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= probe.shape[1]):
+        raise ValueError(f"class indices in y must lie in [0, {probe.shape[1] - 1}]")
+    return lambda output, target: F.cross_entropy(output, target.long())
+
+
+def _per_member(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A ``(K,)`` vector shaped to broadcast against a stacked tensor ``(K, ...)``."""
+    return values.reshape((-1,) + (1,) * (like.ndim - 1))
+
+
+def train_ensemble(
+    build: Callable[[int], nn.Module],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    members: Sequence[tuple[int, float]],
+    steps: int,
+    batch_size: int = 64,
+    optimizer: str = "adam",
+    momentum: float = 0.0,
+    clip_norm: float | None = None,
+    clip_value: float | None = None,
+    x_eval: torch.Tensor | None = None,
+    y_eval: torch.Tensor | None = None,
+    eval_every: int = 50,
+) -> EnsembleRun:
+    """Train one network per member ``(seed, lr)``, all built by ``build(seed)``, together (see
+    the module docstring); the arguments mean what they mean for ``vglib.train``."""
+    if not callable(build):
+        raise TypeError(f"build must be a function of the seed that returns an nn.Module, got {build!r}")
+    members = _check_members(members)
+    check_positive_int("steps", steps)
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("eval_every", eval_every)
+    check_choice("optimizer", optimizer, OPTIMIZERS)
+    for name, value in (("clip_norm", clip_norm), ("clip_value", clip_value)):
+        if value is not None and not value > 0:
+            raise ValueError(f"{name} must be > 0 or None, got {value!r}")
+    if len(x) != len(y):
+        raise ValueError(f"x and y hold different numbers of examples: {len(x)} and {len(y)}")
+    x_eval, y_eval = (x, y) if x_eval is None or y_eval is None else (x_eval, y_eval)
+
+    models = _build_members(build, members)
+    trainable = {name for name, p in models[0].named_parameters() if p.requires_grad}
+    if not trainable:
+        raise ValueError(f"{type(models[0]).__name__} has no trainable parameters")
+    with torch.no_grad():  # on a copy: the probe pass must not touch running statistics
+        loss_fn = _loss_fn(y, copy.deepcopy(models[0])(x[: min(2, len(x))]))
+    params, buffers = stack_module_state(models)  # leaves, stacked on dim 0
+    for name, p in params.items():
+        p.requires_grad_(name in trainable)
+    base = copy.deepcopy(models[0]).to("meta")
+    del models
+
+    def member_loss(p: dict, b: dict, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        return loss_fn(functional_call(base, (p, b), (xb,)), yb)
+
+    def member_output(p: dict, b: dict, xb: torch.Tensor) -> torch.Tensor:
+        return functional_call(base, (p, b), (xb,))
+
+    batched_loss = vmap(member_loss, randomness="different")
+    batched_output = vmap(member_output, in_dims=(0, 0, None), randomness="different")
+    weights = [p for name, p in params.items() if name in trainable]
+    k = len(members)
+    lr64 = torch.tensor([lr for _, lr in members], dtype=torch.float64)
+    generators = [seeded_generator(seed) for seed, _ in members]
+    size = min(batch_size, len(x))
+    state: dict[str, list[torch.Tensor]] = {}
+    losses, eval_steps, eval_losses, eval_accuracies = [], [], [], []
+    classes = not y.is_floating_point()
+
+    with torch_seed(members[0][0]):  # dropout and the like draw from here
+        for step in range(steps):
+            index = torch.stack([torch.randint(0, len(x), (size,), generator=g) for g in generators])
+            for p in weights:
+                p.grad = None
+            loss = batched_loss(params, buffers, x[index], y[index])
+            loss.sum().backward()
+            with torch.no_grad():
+                grads = [p.grad for p in weights]
+                if clip_norm is not None:  # as clip_grad_norm_, per member
+                    norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads]).norm(dim=0)
+                    coef = (clip_norm / (norms + 1e-6)).clamp(max=1.0)
+                    for g in grads:
+                        g.mul_(_per_member(coef, g))
+                if clip_value is not None:
+                    for g in grads:
+                        g.clamp_(-clip_value, clip_value)
+                _update(weights, grads, state, lr64, step + 1, optimizer, momentum)
+            losses.append(loss.detach().tolist())
+            if (step + 1) % eval_every == 0 or step == steps - 1:
+                with torch.no_grad():  # on a copy of the buffers: held-out data never enters them
+                    out = batched_output(params, {n: b.clone() for n, b in buffers.items()}, x_eval)
+                    eval_steps.append(step + 1)
+                    eval_losses.append([float(loss_fn(out[i], y_eval)) for i in range(k)])
+                    if classes:
+                        eval_accuracies.append((out.argmax(-1) == y_eval).float().mean(1).tolist())
+    final = {name: t.detach().clone() for name, t in {**params, **buffers}.items()}
+    return EnsembleRun(
+        members=members,
+        loss=np.array(losses).T,
+        eval_steps=np.array(eval_steps),
+        eval_loss=np.array(eval_losses).T,
+        eval_accuracy=np.array(eval_accuracies).T if classes else None,
+        _build=build,
+        _state=final,
+    )
+
+
+def _update(
+    weights: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    state: dict[str, list[torch.Tensor]],
+    lr64: torch.Tensor,
+    step: int,
+    optimizer: str,
+    momentum: float,
+) -> None:
+    """One step of PyTorch's SGD (momentum, no dampening) or Adam (default betas and eps), in the
+    same operations and order as ``torch.optim`` applies them to one network, with a learning
+    rate per member (computed in float64 and rounded once, as a Python float is); ``torch._foreach``
+    ops over the stacked tensors, one call per operation for all of them."""
+    if optimizer == "sgd":
+        lr = [_per_member(lr64.to(p.dtype), p) for p in weights]
+        if momentum:
+            if "buf" not in state:
+                state["buf"] = [g.clone() for g in grads]
+            else:
+                torch._foreach_mul_(state["buf"], momentum)
+                torch._foreach_add_(state["buf"], grads)
+            grads = state["buf"]
+        torch._foreach_sub_(weights, torch._foreach_mul(grads, lr))
+        return
+    beta1, beta2 = _ADAM_BETAS
+    correction1 = 1 - beta1**step
+    correction2_sqrt = (1 - beta2**step) ** 0.5
+    if "exp_avg" not in state:
+        state["exp_avg"] = [torch.zeros_like(p) for p in weights]
+        state["exp_avg_sq"] = [torch.zeros_like(p) for p in weights]
+    exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+    torch._foreach_lerp_(exp_avg, grads, 1 - beta1)
+    torch._foreach_mul_(exp_avg_sq, beta2)
+    torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1 - beta2)
+    step_size = [_per_member(-(lr64 / correction1).to(p.dtype), p) for p in weights]
+    denom = torch._foreach_sqrt(exp_avg_sq)
+    torch._foreach_div_(denom, correction2_sqrt)
+    torch._foreach_add_(denom, _ADAM_EPS)
+    # addcdiv's order, (value * t1) / t2, as torch.optim.Adam updates one network
+    torch._foreach_add_(weights, torch._foreach_div(torch._foreach_mul(exp_avg, step_size), denom))
