@@ -49,13 +49,17 @@ class EnsembleRun:
     """What ``train_ensemble`` returns: per member ``k`` (``members[k] = (seed, lr)``), the
     training loss at every step (``loss[k]``), the held-out loss every ``eval_every`` steps
     (``eval_loss[k]``, at ``eval_steps``), the held-out accuracy where the targets are class
-    indices (``eval_accuracy[k]``, else ``None``), and the trained weights (``model(k)``)."""
+    indices (``eval_accuracy[k]``, else ``None``), the same on a second held-out set where one was
+    given (``test_loss``, ``test_accuracy``: a validation set chooses, a test set reports), and the
+    trained weights (``model(k)``)."""
 
     members: tuple[tuple[int, float], ...]
     loss: np.ndarray
     eval_steps: np.ndarray
     eval_loss: np.ndarray
     eval_accuracy: np.ndarray | None
+    test_loss: np.ndarray | None
+    test_accuracy: np.ndarray | None
     _build: Callable[[int], nn.Module]
     _state: dict[str, torch.Tensor]
 
@@ -137,9 +141,12 @@ def train_ensemble(
     x_eval: torch.Tensor | None = None,
     y_eval: torch.Tensor | None = None,
     eval_every: int = 50,
+    x_test: torch.Tensor | None = None,
+    y_test: torch.Tensor | None = None,
 ) -> EnsembleRun:
     """Train one network per member ``(seed, lr)``, all built by ``build(seed)``, together (see
-    the module docstring); the arguments mean what they mean for ``vglib.train``."""
+    the module docstring); the arguments mean what they mean for ``vglib.train``, and ``(x_test,
+    y_test)``, if given, is a second held-out set evaluated at the same steps."""
     if not callable(build):
         raise TypeError(f"build must be a function of the seed that returns an nn.Module, got {build!r}")
     members = _check_members(members)
@@ -180,7 +187,11 @@ def train_ensemble(
     generators = [seeded_generator(seed) for seed, _ in members]
     size = min(batch_size, len(x))
     state: dict[str, list[torch.Tensor]] = {}
-    losses, eval_steps, eval_losses, eval_accuracies = [], [], [], []
+    held_out = {"eval": (x_eval, y_eval)}
+    if x_test is not None and y_test is not None:
+        held_out["test"] = (x_test, y_test)
+    curves: dict[str, tuple[list, list]] = {name: ([], []) for name in held_out}
+    losses, eval_steps = [], []
     classes = not y.is_floating_point()
 
     with torch_seed(members[0][0]):  # dropout and the like draw from here
@@ -203,19 +214,27 @@ def train_ensemble(
                 _update(weights, grads, state, lr64, step + 1, optimizer, momentum)
             losses.append(loss.detach().tolist())
             if (step + 1) % eval_every == 0 or step == steps - 1:
-                with torch.no_grad():  # on a copy of the buffers: held-out data never enters them
-                    out = batched_output(params, {n: b.clone() for n, b in buffers.items()}, x_eval)
-                    eval_steps.append(step + 1)
-                    eval_losses.append([float(loss_fn(out[i], y_eval)) for i in range(k)])
-                    if classes:
-                        eval_accuracies.append((out.argmax(-1) == y_eval).float().mean(1).tolist())
+                eval_steps.append(step + 1)
+                for name, (xs, ys) in held_out.items():
+                    with torch.no_grad():  # on a copy of the buffers: held-out data never enters them
+                        out = batched_output(params, {n: b.clone() for n, b in buffers.items()}, xs)
+                        curves[name][0].append([float(loss_fn(out[i], ys)) for i in range(k)])
+                        if classes:
+                            curves[name][1].append((out.argmax(-1) == ys).float().mean(1).tolist())
     final = {name: t.detach().clone() for name, t in {**params, **buffers}.items()}
+    def curve(name: str, which: int) -> np.ndarray | None:
+        if name not in curves or (which == 1 and not classes):
+            return None
+        return np.array(curves[name][which]).T
+
     return EnsembleRun(
         members=members,
         loss=np.array(losses).T,
         eval_steps=np.array(eval_steps),
-        eval_loss=np.array(eval_losses).T,
-        eval_accuracy=np.array(eval_accuracies).T if classes else None,
+        eval_loss=curve("eval", 0),  # type: ignore[arg-type]
+        eval_accuracy=curve("eval", 1),
+        test_loss=curve("test", 0),
+        test_accuracy=curve("test", 1),
         _build=build,
         _state=final,
     )

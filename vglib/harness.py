@@ -51,6 +51,7 @@ from .data import teacher_student
 from .initialization import lsuv_init, weight_layers
 from .models import build_network
 from .tables import MonitorTable
+from .tasks import Task
 from .train import TrainingHistory, train
 
 __all__ = [
@@ -115,8 +116,13 @@ class Remedy:
         """A copy with a new label and some fields changed."""
         return replace(self, label=label, **changes)  # type: ignore[arg-type]
 
-    def build(self, seed: int = 0) -> nn.Sequential:
-        """The configured network, initialised (LSUV included) from ``seed``."""
+    def build(self, seed: int = 0, task: Task | None = None) -> nn.Sequential:
+        """The configured network, initialised (LSUV included, on training inputs) from ``seed``,
+        sized for ``task`` (a ``vglib.tasks.Task``; default: the teacher-student task of
+        ``harness_data``)."""
+        in_features, out_features = (HARNESS_TASK["in_features"], 1) if task is None else (
+            task.in_features, task.out_features
+        )  # fmt: skip
         model = build_network(
             self.depth,
             self.width,
@@ -127,10 +133,11 @@ class Remedy:
             skip=self.skip,
             residual_scale=self.residual_scale,
             gate_bias=self.gate_bias,
-            in_features=HARNESS_TASK["in_features"],
+            in_features=in_features,
+            out_features=out_features,
         )
         if self.lsuv:
-            x, _ = harness_data()[0]
+            x = harness_data()[0][0] if task is None else task.train[0]
             lsuv_init(model, x[:256], seed=seed)
         return model
 

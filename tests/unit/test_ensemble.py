@@ -96,12 +96,16 @@ def test_class_targets_report_accuracy():
     digits_x = torch.randn(300, 8, generator=torch.Generator().manual_seed(0))
     digits_y = (digits_x[:, 0] > 0).long() + (digits_x[:, 1] > 0).long()  # 3 classes
     build = lambda seed: nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))  # noqa: E731
+    x_test, y_test = digits_x[:50] * 1.1, digits_y[:50]  # a second held-out set, unlike the first
     run = train_ensemble(build, digits_x, digits_y, members=[(0, 0.05), (1, 0.05)], steps=30,
-                         optimizer="adam", eval_every=10)  # fmt: skip
-    assert run.eval_accuracy.shape == (2, 3)
+                         optimizer="adam", eval_every=10, x_test=x_test, y_test=y_test)  # fmt: skip
+    assert run.eval_accuracy.shape == run.test_accuracy.shape == run.test_loss.shape == (2, 3)
     with torch.no_grad():
         accuracy = (run.model(1)(digits_x).argmax(1) == digits_y).float().mean().item()
+        test_loss = nn.functional.cross_entropy(run.model(1)(x_test), y_test).item()
     assert run.eval_accuracy[1, -1] == pytest.approx(accuracy)
+    assert run.test_loss[1, -1] == pytest.approx(test_loss, rel=1e-5)
+    assert run.test_loss[1, -1] != pytest.approx(run.eval_loss[1, -1])
     assert run.eval_accuracy[1, -1] > run.eval_accuracy[1, 0] - 0.1 and accuracy > 0.6
 
 

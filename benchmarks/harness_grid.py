@@ -1,0 +1,117 @@
+"""The full harness grid: every remedy of ``vglib.grid.GRID_REMEDIES`` (and the shallow twin of equal
+parameter count) on every task of ``vglib.tasks.TASKS``, at every learning rate of ``GRID_LRS``,
+with every seed of ``HARNESS_SEEDS``.
+
+Each (remedy, task) group trains as one batched ensemble (``vglib.grid.run_group``); groups run in
+``--jobs`` worker processes, one torch thread each. The learning rate of each group is chosen on
+the validation split (median over seeds of the final metric) and its test metric reported, as
+median and range over the seeds, beside the task's linear baseline.
+
+    python benchmarks/harness_grid.py                    # print the tables
+    python benchmarks/harness_grid.py --write            # and write benchmarks/results/harness_grid.json
+    python benchmarks/harness_grid.py --remedies "ReLU, He" "tanh, Xavier" --steps 200   # a quick look
+
+``tests/test_harness_grid.py`` checks that the file covers the whole grid and re-runs a random group
+of it. The chapters read it for the tuning curves (metric against learning rate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import vglib
+from vglib import grid
+from vglib.tasks import TASKS, harness_task
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "harness_grid.json"
+
+
+def remedies_for(task: str, labels: list[str] | None) -> list[vglib.Remedy]:
+    every = [*grid.GRID_REMEDIES, grid.shallow_twin(task)]
+    if not labels:
+        return every
+    known = {r.label: r for r in every}
+    missing = [label for label in labels if label not in known]
+    if missing:
+        raise SystemExit(f"unknown remedies {missing}; known: {sorted(known)}")
+    return [known[label] for label in labels]
+
+
+def run_one(job: tuple[vglib.Remedy, str, int]) -> tuple[list[grid.GridCell], float]:
+    remedy, task, steps = job
+    vglib.seed_everything(0)  # one thread in each worker
+    start = time.perf_counter()
+    cells = grid.run_group(remedy, task, steps=steps)
+    return cells, time.perf_counter() - start
+
+
+def table(cells: list[grid.GridCell], task: str) -> str:
+    t = harness_task(task)
+    metric = t.metric
+    lines = [f"\n{task} (test {'accuracy' if metric == 'accuracy' else 'loss'}; lr chosen on validation)"]
+    lines.append(f"  {'remedy':<38}{'lr':>8}   median (range) over seeds")
+    groups: dict[str, list[grid.GridCell]] = {}
+    for cell in cells:
+        if cell.task == task:
+            groups.setdefault(cell.remedy, []).append(cell)
+    for label, group in groups.items():
+        lr = grid.choose_lr(group, metric)
+        spread = grid.spread_at(group, lr)
+        lines.append(f"  {label:<38}{lr:>8.1e}   {spread:.3f}")
+    lines.append(f"  {'linear baseline':<38}{'':>8}   {t.linear_baseline():.3f}")
+    if metric == "mse":
+        lines.append(f"  {'predicting 0':<38}{'':>8}   {t.predict_zero_loss():.3f}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--write", action="store_true", help=f"write {RESULTS.relative_to(ROOT)}")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=grid.GRID_STEPS)
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    parser.add_argument("--remedies", nargs="+", default=None, help="labels (default: all)")
+    args = parser.parse_args()
+    if args.write and (args.steps != grid.GRID_STEPS or args.remedies or set(args.tasks) != set(TASKS)):
+        parser.error("--write records the whole grid: no --steps, --remedies or --tasks with it")
+    jobs = [(r, task, args.steps) for task in args.tasks for r in remedies_for(task, args.remedies)]
+    start = time.perf_counter()
+    cells: list[grid.GridCell] = []
+    seconds = []
+    with ProcessPoolExecutor(args.jobs) as pool:
+        for group, took in pool.map(run_one, jobs):
+            cells += group
+            seconds.append(took)
+    wall = time.perf_counter() - start
+    for task in args.tasks:
+        print(table(cells, task))
+    networks = len(grid.GRID_LRS) * len(vglib.HARNESS_SEEDS)
+    print(
+        f"\n{len(jobs)} groups of {networks} networks, {args.steps} steps each: "
+        f"{wall:.0f} s wall on {args.jobs} processes (a group: median {np.median(seconds):.1f} s, "
+        f"max {max(seconds):.1f} s)"
+    )
+    if args.write:
+        RESULTS.parent.mkdir(exist_ok=True)
+        meta = {
+            "torch": torch.__version__,
+            "steps": args.steps,
+            "eval_every": grid.GRID_EVAL_EVERY,
+            "lrs": list(grid.GRID_LRS),
+            "seeds": list(vglib.HARNESS_SEEDS),
+            "wall_seconds": round(wall),
+        }
+        RESULTS.write_text(json.dumps({"meta": meta, "cells": grid.cells_to_json(cells)}) + "\n")
+        print(f"wrote {RESULTS.relative_to(ROOT)} ({RESULTS.stat().st_size / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()
