@@ -36,42 +36,6 @@ from torch import nn
 import vglib
 
 
-class BasicBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.relu = nn.ReLU()
-        self.down = (
-            nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
-            if stride != 1 or c_in != c_out
-            else nn.Identity()
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        return self.relu(self.bn2(self.conv2(out)) + self.down(x))
-
-
-class ResNet(nn.Module):
-    def __init__(self, widths: tuple[int, ...] = (64, 128, 256), classes: int = 10):
-        super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
-        )
-        blocks, c_in = [], widths[0]
-        for i, c in enumerate(widths):
-            blocks += [BasicBlock(c_in, c, 1 if i == 0 else 2), BasicBlock(c, c, 1)]
-            c_in = c
-        self.blocks = nn.Sequential(*blocks)
-        self.head = nn.Linear(c_in, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.blocks(self.stem(x)).mean((2, 3)))
-
-
 class TokenClassifier(nn.Module):
     def __init__(self, vocab: int = 5000, width: int = 256, layers: int = 6, classes: int = 10):
         super().__init__()
@@ -94,7 +58,8 @@ def models() -> dict[str, tuple[str, nn.Module, torch.Tensor, torch.Tensor]]:
         "a": ("MLP 4 x 1024", mlp, torch.randn(64, 256), torch.randint(0, 10, (64,))),
         "b": ("TransformerEncoder 6 x 256", TokenClassifier(), torch.randint(0, 5000, (16, 32)),
               torch.randint(0, 10, (16,))),
-        "c": ("ResNet-BN CNN", ResNet(), torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))),
+        "c": ("ResNet-BN CNN", vglib.examples.ResNetBN((64, 128, 256)), torch.randn(32, 3, 32, 32),
+              torch.randint(0, 10, (32,))),
     }  # fmt: skip
 
 

@@ -60,43 +60,6 @@ Step = Callable[[], None]
 
 
 # -- the models -------------------------------------------------------------------------------------
-class BasicBlock(nn.Module):
-    """torchvision's BasicBlock: one ``self.relu`` module, called twice."""
-
-    def __init__(self, c_in: int, c_out: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = (
-            nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
-            if stride != 1 or c_in != c_out
-            else None
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        return self.relu(self.bn2(self.conv2(out)) + identity)
-
-
-class ResNet(nn.Module):
-    def __init__(self, classes: int = 10):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
-        blocks, c_in = [], 16
-        for c_out, stride in ((16, 1), (32, 2), (64, 2)):
-            blocks += [BasicBlock(c_in, c_out, stride), BasicBlock(c_out, c_out, 1)]
-            c_in = c_out
-        self.blocks = nn.Sequential(*blocks)
-        self.head = nn.Linear(64, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.blocks(self.stem(x)).mean(dim=(2, 3)))
-
-
 class PreLNBlock(nn.Module):
     def __init__(self, d_model: int, heads: int):
         super().__init__()
@@ -159,7 +122,7 @@ CASES = {
     ),
     "b": Case(
         "b", "(b) ResNet-BN 16-32-64, 32x32, batch 32",
-        ResNet,
+        vglib.examples.ResNetBN,
         lambda g: (torch.randn(32, 3, 32, 32, generator=g), torch.randint(0, 10, (32,), generator=g)),
         F.cross_entropy,
     ),

@@ -222,6 +222,7 @@ def train_ensemble(
                         if classes:
                             curves[name][1].append((out.argmax(-1) == ys).float().mean(1).tolist())
     final = {name: t.detach().clone() for name, t in {**params, **buffers}.items()}
+
     def curve(name: str, which: int) -> np.ndarray | None:
         if name not in curves or (which == 1 and not classes):
             return None

@@ -23,7 +23,8 @@ from .models import build_mlp
 from .train import TrainingHistory
 
 __all__ = [
-    "LOOKALIKES", "AddingLSTM", "ScaledSigmoid", "lookalike", "sigmoid_cnn", "signature", "signature_table",
+    "LOOKALIKES", "AddingLSTM", "BasicBlock", "ResNetBN", "ScaledSigmoid", "lookalike", "sigmoid_cnn",
+    "signature", "signature_table",
 ]  # fmt: skip
 
 
@@ -38,6 +39,50 @@ class AddingLSTM(nn.Module):
 
     def forward(self, sequences: torch.Tensor) -> torch.Tensor:
         return self.head(self.lstm(sequences)[0][:, -1])
+
+
+class BasicBlock(nn.Module):
+    """torchvision's ``BasicBlock``: two 3x3 convolutions with batch norm, one ``self.relu`` module
+    called twice, and a 1x1 convolution on the shortcut where the shape changes."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = (
+            nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+            if stride != 1 or c_in != c_out
+            else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + identity)
+
+
+class ResNetBN(nn.Module):
+    """A small ResNet with batch norm for 3-channel images: a 3x3 stem, then per entry of
+    ``widths`` a stage of two ``BasicBlock`` (the first of each later stage halves the resolution),
+    global average pooling and a linear head."""
+
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 64), classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)
+        )
+        blocks, c_in = [], widths[0]
+        for i, c_out in enumerate(widths):
+            blocks += [BasicBlock(c_in, c_out, 1 if i == 0 else 2), BasicBlock(c_out, c_out, 1)]
+            c_in = c_out
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(c_in, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)).mean(dim=(2, 3)))
 
 
 def sigmoid_cnn(channels: int = 8, classes: int = 10, size: int = 8) -> nn.Sequential:

@@ -70,3 +70,12 @@ def test_time_gradient_figure_draws_each_step():
     line, zeros = lines[index], lines[index + 1]
     np.testing.assert_array_equal(line.get_data()[0], [1, 2, 3, 4])
     assert len(zeros.get_data()[0]) == 1 and "exactly 0" in fig.axes[0].texts[0].get_text()
+
+
+def test_resnet_bn_is_torchvisions_basic_block_layout():
+    model = vglib.examples.ResNetBN((8, 16))
+    out = model(torch.randn(2, 3, 16, 16))
+    assert out.shape == (2, 10)
+    first, second = model.blocks[0], model.blocks[2]
+    assert first.downsample is None and second.downsample is not None  # 8 -> 16 channels, stride 2
+    assert second.conv1.stride == (2, 2) and isinstance(first.relu, torch.nn.ReLU)
