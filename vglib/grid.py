@@ -69,6 +69,12 @@ def _catalogue() -> tuple[Remedy, ...]:
         R("ReLU, He + residual", skip="residual", residual_scale=scale),
         R("ReLU, He + residual + batch norm", skip="residual", norm="batch"),
         R("tanh, Xavier + highway", activation="tanh", init="xavier", skip="highway"),
+        R("ReLU, He + ReZero", skip="rezero"),
+        R(
+            "ReLU, He + LayerScale 1e-6", skip="layerscale", residual_scale=1e-6
+        ),  # CaiT's start beyond 24 blocks
+        R("ReLU, default + RMS norm", init="default", norm="rms"),
+        R("ReLU, default + group norm", init="default", norm="group"),
         R("sigmoid, default + Adam", activation="sigmoid", init="default", optimizer="adam"),
         R("ReLU, Var(W) = 1/n + Adam", init="lecun", optimizer="adam"),
     )

@@ -23,6 +23,8 @@ __all__ = [
     "ElmanRNN",
     "GatedRNN",
     "HighwayBlock",
+    "LayerScaleBlock",
+    "ReZeroBlock",
     "ResidualBlock",
     "build_gaussian_mlp",
     "build_mlp",
@@ -176,10 +178,13 @@ def build_rnn(
     return model
 
 
-NORMS: tuple[str, ...] = ("none", "batch", "layer")
-"""Names accepted by ``build_network(norm=...)``: no normalisation, ``nn.BatchNorm1d``, ``nn.LayerNorm``."""
-SKIPS: tuple[str, ...] = ("none", "residual", "highway")
-"""Names accepted by ``build_network(skip=...)``."""
+NORMS: tuple[str, ...] = ("none", "batch", "layer", "rms", "group")
+"""Names accepted by ``build_network(norm=...)``: no normalisation, ``nn.BatchNorm1d`` (Ioffe &
+Szegedy 2015), ``nn.LayerNorm`` (Ba et al. 2016), ``nn.RMSNorm`` (Zhang & Sennrich 2019: no mean
+subtracted) and ``nn.GroupNorm`` with 8 groups (Wu & He 2018; fewer where the width has no 8
+equal groups)."""
+SKIPS: tuple[str, ...] = ("none", "residual", "highway", "rezero", "layerscale")
+"""Names accepted by ``build_network(skip=...)``: see ``build_network``."""
 _GATE_SEED_INDEX = 2**20
 """Seed indices of highway gates start here, apart from the main layers' 0, 1, 2, ..."""
 
@@ -190,6 +195,11 @@ def _norm_module(norm: str, width: int) -> nn.Module | None:
         return None
     if norm == "batch":
         return nn.BatchNorm1d(width, affine=False)
+    if norm == "rms":
+        return nn.RMSNorm(width, elementwise_affine=False)
+    if norm == "group":
+        groups = max(g for g in range(1, 9) if width % g == 0)
+        return nn.GroupNorm(groups, width, affine=False)
     return nn.LayerNorm(width, elementwise_affine=False)
 
 
@@ -206,9 +216,40 @@ class ResidualBlock(nn.Module):
         self.linear = linear
         self.scale = scale
 
+    def branch(self, h: torch.Tensor) -> torch.Tensor:
+        """``linear(act(norm(h)))``: what the block adds to ``h``, before its scale."""
+        return self.linear(self.act(self.norm(h) if self.norm is not None else h))
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        branch = self.act(self.norm(h) if self.norm is not None else h)
-        return h + self.scale * self.linear(branch)
+        return h + self.scale * self.branch(h)
+
+
+class ReZeroBlock(ResidualBlock):
+    """``h + alpha * linear(act(norm(h)))`` with one learned scalar ``alpha`` per block, starting at
+    0 (ReZero, Bachlechner et al. 2020; SkipInit, De & Smith 2020, is the same scalar on a branch
+    with batch norm): at initialisation every block is the identity, so the network's Jacobian is
+    the identity whatever its depth, and the first step moves ``alpha`` before the branch weights
+    (whose gradient is ``alpha`` times the branch's, so 0 at first)."""
+
+    def __init__(self, linear: nn.Linear, act: nn.Module, norm: nn.Module | None):
+        super().__init__(linear, act, norm, 1.0)
+        self.alpha = nn.Parameter(torch.zeros(()))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return h + self.alpha * self.branch(h)
+
+
+class LayerScaleBlock(ResidualBlock):
+    """``h + gamma * linear(act(norm(h)))`` with a learned per-channel ``gamma`` starting at ``init``
+    (LayerScale, Touvron et al. 2021, CaiT, who start it at 0.1 for up to 18 blocks, 1e-5 up to 24,
+    1e-6 beyond): each block starts close to the identity, and each channel learns its own scale."""
+
+    def __init__(self, linear: nn.Linear, act: nn.Module, norm: nn.Module | None, init: float):
+        super().__init__(linear, act, norm, 1.0)
+        self.gamma = nn.Parameter(torch.full((linear.out_features,), float(init)))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return h + self.gamma * self.branch(h)
 
 
 class HighwayBlock(nn.Module):
@@ -250,8 +291,10 @@ def build_network(
     ``depth`` counts the hidden weight layers, as in ``build_mlp``. The first block
     (``linear1``, ``norm1``, ``act1``) maps the input to ``width``; with ``skip="none"`` the others
     follow the same pattern (Linear -> norm -> activation, the placement of Ioffe & Szegedy 2015),
-    and with ``norm="none"`` the model *is* ``build_mlp``'s. With ``skip="residual"`` or
-    ``"highway"`` blocks 2..depth are ``ResidualBlock``/``HighwayBlock`` modules named
+    and with ``norm="none"`` the model *is* ``build_mlp``'s. With ``skip="residual"``,
+    ``"highway"``, ``"rezero"`` or ``"layerscale"`` blocks 2..depth are ``ResidualBlock`` (branch
+    scaled by ``residual_scale``), ``HighwayBlock``, ``ReZeroBlock`` (a learned scalar from 0) or
+    ``LayerScaleBlock`` (a learned per-channel scale starting at ``residual_scale``) modules named
     ``block2``... whose weight layer is ``block{i}.linear``. The weight layer of block ``i`` is drawn
     from the same seed in every variant, so a plain net and its residual or highway version start
     from the same weights and differ only in the architecture. Norm layers have no affine
@@ -279,6 +322,12 @@ def build_network(
         elif skip == "residual":
             block = ResidualBlock(linear, act.make_module(), layer_norm, residual_scale)
             modules[f"block{index + 1}"] = block
+        elif skip == "rezero":
+            modules[f"block{index + 1}"] = ReZeroBlock(linear, act.make_module(), layer_norm)
+        elif skip == "layerscale":
+            modules[f"block{index + 1}"] = LayerScaleBlock(
+                linear, act.make_module(), layer_norm, residual_scale
+            )
         else:
             gate = skip_init(nn.Linear, width, width)
             init_layer(gate, init, seed=layer_seed(seed, _GATE_SEED_INDEX + index))

@@ -103,3 +103,40 @@ def test_gaussian_mlp_has_the_asked_variances():
     assert torch.count_nonzero(no_bias.linear1.bias) == 0
     with pytest.raises(ValueError, match="sigma_w2 > 0"):
         vglib.build_gaussian_mlp(3, 8, "tanh", 0.0)
+
+
+def test_rezero_blocks_start_as_the_identity_and_learn_their_scalar_first():
+    model = vglib.build_network(6, 16, "relu", "he", seed=0, skip="rezero", in_features=4)
+    blocks = [m for m in model if isinstance(m, vglib.ReZeroBlock)]
+    assert len(blocks) == 5 and all(b.alpha.item() == 0.0 for b in blocks)
+    x = torch.randn(8, 4)
+    first = model.act1(model.linear1(x))
+    torch.testing.assert_close(model(x), model.head(first))  # every block passes h through unchanged
+    loss = model(x).pow(2).mean()
+    loss.backward()
+    assert all(b.linear.weight.grad.abs().max() == 0 for b in blocks)  # alpha = 0 hides the branch
+    assert all(b.alpha.grad != 0 for b in blocks)  # the scalar itself gets a gradient
+
+
+def test_layerscale_blocks_scale_each_channel_from_a_small_start():
+    model = vglib.build_network(
+        4, 16, "gelu", "he", seed=0, skip="layerscale", residual_scale=1e-4, in_features=4
+    )
+    block = model.block2
+    assert isinstance(block, vglib.LayerScaleBlock) and block.gamma.shape == (16,)
+    torch.testing.assert_close(block.gamma.detach(), torch.full((16,), 1e-4))
+    h = torch.randn(8, 16)
+    torch.testing.assert_close(block(h), h + 1e-4 * block.branch(h))
+
+
+@pytest.mark.parametrize("norm", ["rms", "group"])
+def test_rms_and_group_norm_normalise_each_example(norm):
+    model = vglib.build_network(3, 16, "relu", "he", seed=0, norm=norm, in_features=4)
+    z = model.linear2(model.act1(model.norm1(model.linear1(torch.randn(8, 4) * 5))))
+    out = model.norm2(z)
+    if norm == "rms":  # no mean taken away: the mean square of each example is 1
+        torch.testing.assert_close(out.pow(2).mean(1), torch.ones(8), atol=1e-4, rtol=0)
+    else:  # 8 groups of 2 channels: each group has mean 0 within each example
+        torch.testing.assert_close(out.view(8, 8, 2).mean(2), torch.zeros(8, 8), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="'rms', 'group'"):
+        vglib.build_network(3, 16, norm="weight")
