@@ -40,9 +40,9 @@ def test_variants_share_the_plain_nets_weight_layers(norm, skip):
 
 
 def test_bad_architecture_names_list_the_choices():
-    with pytest.raises(ValueError, match="'none', 'batch', 'layer'"):
-        vglib.build_network(3, 8, norm="group")
-    with pytest.raises(ValueError, match="'none', 'residual', 'highway'"):
+    with pytest.raises(ValueError, match="'none', 'batch', 'layer', 'rms', 'group'"):
+        vglib.build_network(3, 8, norm="weight")
+    with pytest.raises(ValueError, match="'none', 'residual', 'highway', 'rezero', 'layerscale'"):
         vglib.build_network(3, 8, skip="dense")
     with pytest.raises(ValueError, match="residual_scale"):
         vglib.build_network(3, 8, skip="residual", residual_scale=0.0)
