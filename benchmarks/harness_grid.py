@@ -7,7 +7,8 @@ Each (remedy, task) group trains as one batched ensemble (``vglib.grid.run_group
 the validation split (median over seeds of the final metric) and its test metric reported, as
 median and range over the seeds, beside the task's linear baseline.
 
-    python benchmarks/harness_grid.py                    # print the tables
+    python benchmarks/harness_grid.py --from-file        # print the tables of the committed results
+    python benchmarks/harness_grid.py                    # run the grid and print the tables
     python benchmarks/harness_grid.py --write            # and write benchmarks/results/harness_grid.json
     python benchmarks/harness_grid.py --remedies "ReLU, He" "tanh, Xavier" --steps 200   # a quick look
 
@@ -57,7 +58,8 @@ def table(cells: list[grid.GridCell], task: str) -> str:
     t = harness_task(task)
     metric = t.metric
     lines = [f"\n{task} (test {'accuracy' if metric == 'accuracy' else 'loss'}; lr chosen on validation)"]
-    lines.append(f"  {'remedy':<38}{'lr':>8}   median (range) over seeds")
+    threshold = grid.THRESHOLDS[task]
+    lines.append(f"  {'remedy':<38}{'lr':>8}   {'median (range) over seeds':<26}steps to {threshold:g}")
     groups: dict[str, list[grid.GridCell]] = {}
     for cell in cells:
         if cell.task == task:
@@ -65,7 +67,9 @@ def table(cells: list[grid.GridCell], task: str) -> str:
     for label, group in groups.items():
         lr = grid.choose_lr(group, metric)
         spread = grid.spread_at(group, lr)
-        lines.append(f"  {label:<38}{lr:>8.1e}   {spread:.3f}")
+        steps = grid.steps_to(group, lr, threshold, metric)
+        reached = format(steps, ".0f").replace("inf", "never")  # inf: not within the budget
+        lines.append(f"  {label:<38}{lr:>8.1e}   {format(spread, '.3f'):<26}{reached}")
     lines.append(f"  {'linear baseline':<38}{'':>8}   {t.linear_baseline():.3f}")
     if metric == "mse":
         lines.append(f"  {'predicting 0':<38}{'':>8}   {t.predict_zero_loss():.3f}")
@@ -79,7 +83,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=grid.GRID_STEPS)
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     parser.add_argument("--remedies", nargs="+", default=None, help="labels (default: all)")
+    parser.add_argument("--from-file", action="store_true", help="print the committed results, run nothing")
     args = parser.parse_args()
+    if args.from_file:
+        cells = grid.cells_from_json(json.loads(RESULTS.read_text())["cells"])
+        for task in args.tasks:
+            print(table(cells, task))
+        return
     if args.write and (args.steps != grid.GRID_STEPS or args.remedies or set(args.tasks) != set(TASKS)):
         parser.error("--write records the whole grid: no --steps, --remedies or --tasks with it")
     jobs = [(r, task, args.steps) for task in args.tasks for r in remedies_for(task, args.remedies)]

@@ -31,6 +31,7 @@ __all__ = [
     "GRID_REMEDIES",
     "GRID_STEPS",
     "SHALLOW_TWIN",
+    "THRESHOLDS",
     "GridCell",
     "cells_from_json",
     "cells_to_json",
@@ -38,6 +39,7 @@ __all__ = [
     "run_group",
     "shallow_twin",
     "spread_at",
+    "steps_to",
 ]
 
 GRID_LRS = tuple(float(v) for v in np.logspace(-4, -2, 4))
@@ -193,6 +195,30 @@ def spread_at(cells: Iterable[GridCell], lr: float) -> SeedSpread:
     if not chosen:
         raise ValueError(f"no cells at lr {lr!r}")
     return SeedSpread(tuple(c.seed for c in chosen), tuple(c.final_test for c in chosen))
+
+
+THRESHOLDS = {"teacher": 0.5, "digits": 0.9}
+"""What counts as "trains" on each task, for ``steps_to``: a test loss of 0.5 on *teacher* (well
+below its linear baseline and the loss of predicting 0, both about 0.86: only a nonlinear model
+gets there), and a test accuracy of 0.9 on *digits* (chance is 0.1; logistic regression reaches
+0.96, so this threshold asks for a network that learns at all, not for one that beats it)."""
+
+
+def steps_to(cells: Iterable[GridCell], lr: float, threshold: float, metric: str) -> SeedSpread:
+    """Per seed at learning rate ``lr``: the first evaluation step at which the test metric reaches
+    ``threshold`` (a loss at or below it, an accuracy at or above it), ``inf`` where it never does
+    within the budget; median and range over the seeds."""
+    chosen = sorted((c for c in cells if c.lr == lr), key=lambda c: c.seed)
+    if not chosen:
+        raise ValueError(f"no cells at lr {lr!r}")
+
+    def first(cell: GridCell) -> float:
+        for step, value in zip(cell.eval_steps, cell.test, strict=True):
+            if math.isfinite(value) and (value <= threshold if metric == "mse" else value >= threshold):
+                return float(step)
+        return math.inf
+
+    return SeedSpread(tuple(c.seed for c in chosen), tuple(first(c) for c in chosen))
 
 
 def cells_to_json(cells: Iterable[GridCell]) -> list[dict]:

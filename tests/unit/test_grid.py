@@ -5,7 +5,16 @@ import math
 import pytest
 
 import vglib
-from vglib.grid import GRID_LRS, GridCell, cells_from_json, cells_to_json, choose_lr, run_group, spread_at
+from vglib.grid import (
+    GRID_LRS,
+    GridCell,
+    cells_from_json,
+    cells_to_json,
+    choose_lr,
+    run_group,
+    spread_at,
+    steps_to,
+)
 
 
 def cell(lr, seed, final_validation, final_test=0.5, task="teacher"):
@@ -56,3 +65,16 @@ def test_a_group_is_every_rate_times_every_seed_on_both_splits():
     assert all(c.eval_steps == (10, 20) and 0 <= c.final_test <= 1 for c in cells)
     with pytest.raises(TypeError, match="vglib.Remedy"):
         run_group("tanh", "digits")
+
+
+def test_steps_to_the_threshold_per_seed_with_never_as_inf():
+    def run(seed, curve, task="teacher"):
+        return GridCell("r", task, 1e-3, seed, (10, 20, 30), curve, curve)
+
+    cells = [run(0, (0.9, 0.45, 0.3)), run(1, (0.4, 0.3, 0.2)), run(2, (0.9, math.nan, 0.8))]
+    spread = steps_to(cells, 1e-3, 0.5, "mse")
+    assert spread.values == (20.0, 10.0, math.inf) and spread.median == 20.0
+    accuracy = [run(0, (0.5, 0.91, 0.95), "digits"), run(1, (0.2, 0.3, 0.9), "digits")]
+    assert steps_to(accuracy, 1e-3, 0.9, "accuracy").values == (20.0, 30.0)
+    with pytest.raises(ValueError, match="no cells at lr"):
+        steps_to(cells, 1e-2, 0.5, "mse")
