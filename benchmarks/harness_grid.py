@@ -5,7 +5,9 @@ with every seed of ``HARNESS_SEEDS``.
 Each (remedy, task) group trains as one batched ensemble (``vglib.grid.run_group``); groups run in
 ``--jobs`` worker processes, one torch thread each. The learning rate of each group is chosen on
 the validation split (median over seeds of the final metric) and its test metric reported, as
-median and range over the seeds, beside the task's linear baseline.
+median and range over the seeds, beside the task's linear baseline, with the steps to the task's
+threshold and two gradient ratios at initialisation (``grid.init_ratios``: weight gradients, and
+the backpropagated gradient by ``diagnose``'s fit), medians over the seeds.
 
     python benchmarks/harness_grid.py --from-file        # print the tables of the committed results
     python benchmarks/harness_grid.py                    # run the grid and print the tables
@@ -54,12 +56,32 @@ def run_one(job: tuple[vglib.Remedy, str, int]) -> tuple[list[grid.GridCell], fl
     return cells, time.perf_counter() - start
 
 
-def table(cells: list[grid.GridCell], task: str) -> str:
+def init_entries(tasks: list[str]) -> list[dict]:
+    """Both gradient ratios at initialisation (``grid.init_ratios``) of every remedy, task and seed."""
+    out = []
+    for task in tasks:
+        for remedy in remedies_for(task, None):
+            for seed in vglib.HARNESS_SEEDS:
+                weight, backprop = grid.init_ratios(remedy, task, seed)
+                out.append({"remedy": remedy.label, "task": task, "seed": seed,
+                            "weight_ratio": weight, "backprop_ratio": backprop})  # fmt: skip
+    return out
+
+
+def ratio_text(entries: list[dict], label: str, task: str, key: str) -> str:
+    values = [e[key] for e in entries if (e["remedy"], e["task"]) == (label, task)]
+    return f"{np.median(values):.1e}" if values else "-"
+
+
+def table(cells: list[grid.GridCell], task: str, init: list[dict] | None = None) -> str:
     t = harness_task(task)
     metric = t.metric
     lines = [f"\n{task} (test {'accuracy' if metric == 'accuracy' else 'loss'}; lr chosen on validation)"]
     threshold = grid.THRESHOLDS[task]
-    lines.append(f"  {'remedy':<38}{'lr':>8}   {'median (range) over seeds':<26}steps to {threshold:g}")
+    lines.append(
+        f"  {'remedy':<38}{'lr':>8}   {'median (range) over seeds':<26}"
+        f"{'steps to ' + format(threshold, 'g'):<22}init ratio: weights, dL/dh"
+    )
     groups: dict[str, list[grid.GridCell]] = {}
     for cell in cells:
         if cell.task == task:
@@ -69,7 +91,11 @@ def table(cells: list[grid.GridCell], task: str) -> str:
         spread = grid.spread_at(group, lr)
         steps = grid.steps_to(group, lr, threshold, metric)
         reached = format(steps, ".0f").replace("inf", "never")  # inf: not within the budget
-        lines.append(f"  {label:<38}{lr:>8.1e}   {format(spread, '.3f'):<26}{reached}")
+        ratios = ""
+        if init:
+            weights, backprop = (ratio_text(init, label, task, k) for k in ("weight_ratio", "backprop_ratio"))
+            ratios = f"{weights}, {backprop}"
+        lines.append(f"  {label:<38}{lr:>8.1e}   {format(spread, '.3f'):<26}{reached:<22}{ratios}")
     lines.append(f"  {'linear baseline':<38}{'':>8}   {t.linear_baseline():.3f}")
     if metric == "mse":
         lines.append(f"  {'predicting 0':<38}{'':>8}   {t.predict_zero_loss():.3f}")
@@ -84,11 +110,22 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     parser.add_argument("--remedies", nargs="+", default=None, help="labels (default: all)")
     parser.add_argument("--from-file", action="store_true", help="print the committed results, run nothing")
+    parser.add_argument(
+        "--update-init",
+        action="store_true",
+        help="recompute only the ratios at initialisation, into the file",
+    )
     args = parser.parse_args()
-    if args.from_file:
-        cells = grid.cells_from_json(json.loads(RESULTS.read_text())["cells"])
+    if args.update_init:  # the ratios at initialisation only, into the committed file
+        saved = json.loads(RESULTS.read_text())
+        saved["init"] = init_entries(list(TASKS))
+        RESULTS.write_text(json.dumps(saved) + "\n")
+        print(f"wrote the init ratios into {RESULTS.relative_to(ROOT)}")
+    if args.from_file or args.update_init:
+        saved = json.loads(RESULTS.read_text())
+        cells = grid.cells_from_json(saved["cells"])
         for task in args.tasks:
-            print(table(cells, task))
+            print(table(cells, task, saved.get("init")))
         return
     if args.write and (args.steps != grid.GRID_STEPS or args.remedies or set(args.tasks) != set(TASKS)):
         parser.error("--write records the whole grid: no --steps, --remedies or --tasks with it")
@@ -101,8 +138,9 @@ def main() -> None:
             cells += group
             seconds.append(took)
     wall = time.perf_counter() - start
+    init = init_entries(args.tasks)
     for task in args.tasks:
-        print(table(cells, task))
+        print(table(cells, task, init))
     networks = len(grid.GRID_LRS) * len(vglib.HARNESS_SEEDS)
     print(
         f"\n{len(jobs)} groups of {networks} networks, {args.steps} steps each: "
@@ -119,7 +157,9 @@ def main() -> None:
             "seeds": list(vglib.HARNESS_SEEDS),
             "wall_seconds": round(wall),
         }
-        RESULTS.write_text(json.dumps({"meta": meta, "cells": grid.cells_to_json(cells)}) + "\n")
+        RESULTS.write_text(
+            json.dumps({"meta": meta, "cells": grid.cells_to_json(cells), "init": init}) + "\n"
+        )
         print(f"wrote {RESULTS.relative_to(ROOT)} ({RESULTS.stat().st_size / 1e6:.1f} MB)")
 
 

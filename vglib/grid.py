@@ -19,10 +19,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import torch
 
-from ._seed import SeedSpread
+from ._seed import SeedSpread, torch_seed
+from ._seed import generator as seeded_generator
+from .diagnosis import diagnose
 from .ensemble import train_ensemble
 from .harness import HARNESS_SEEDS, Remedy
+from .probes import gradient_profile
 from .tasks import Task, harness_task, one_hidden_layer_width
 
 __all__ = [
@@ -36,6 +40,8 @@ __all__ = [
     "cells_from_json",
     "cells_to_json",
     "choose_lr",
+    "first_batch",
+    "init_ratios",
     "run_group",
     "shallow_twin",
     "spread_at",
@@ -195,6 +201,31 @@ def spread_at(cells: Iterable[GridCell], lr: float) -> SeedSpread:
     if not chosen:
         raise ValueError(f"no cells at lr {lr!r}")
     return SeedSpread(tuple(c.seed for c in chosen), tuple(c.final_test for c in chosen))
+
+
+def first_batch(task: str | Task, seed: int, batch_size: int = 64) -> tuple:
+    """The first minibatch a network of seed ``seed`` trains on in ``run_group`` (its generator's
+    first draw, as ``train_ensemble`` and ``vglib.train`` draw it)."""
+    task = harness_task(task) if isinstance(task, str) else task
+    x, y = task.train
+    index = torch.randint(0, len(x), (min(batch_size, len(x)),), generator=seeded_generator(seed))
+    return x[index], y[index]
+
+
+def init_ratios(remedy: Remedy, task: str | Task, seed: int) -> tuple[float, float]:
+    """Two first-to-last-hidden-layer gradient ratios of ``remedy``'s network of seed ``seed`` at
+    initialisation, on its first minibatch, named for what they measure: the *weight*-gradient
+    ratio ``||dL/dW_1|| / ||dL/dW_L||`` (``GradientProfile.first_to_last_ratio``: weights only,
+    every Linear layer but the head, highway gates included) and the *backpropagated* ratio of
+    ``||dL/dh||`` per element from the last hidden layer to the first, by ``diagnose``'s fit. The
+    first can stay near 1 where the second vanishes (Glorot & Bengio 2010, section 4.2)."""
+    task = harness_task(task) if isinstance(task, str) else task
+    with torch_seed(seed):
+        model = remedy.build(seed, task)
+    x, y = first_batch(task, seed)
+    weight = gradient_profile(model, x, y).first_to_last_ratio()
+    backprop = diagnose(model, x, y).depth_change
+    return float(weight), float(backprop)
 
 
 THRESHOLDS = {"teacher": 0.5, "digits": 0.9}

@@ -11,6 +11,7 @@ from vglib.grid import (
     cells_from_json,
     cells_to_json,
     choose_lr,
+    init_ratios,
     run_group,
     spread_at,
     steps_to,
@@ -78,3 +79,12 @@ def test_steps_to_the_threshold_per_seed_with_never_as_inf():
     assert steps_to(accuracy, 1e-3, 0.9, "accuracy").values == (20.0, 30.0)
     with pytest.raises(ValueError, match="no cells at lr"):
         steps_to(cells, 1e-2, 0.5, "mse")
+
+
+def test_the_two_ratios_at_initialisation_tell_the_glorot_blind_spot_apart():
+    # orthogonal weights with gain 1 halve the ReLU signal's square at every layer, forward and
+    # backward: the weight gradients stay level while the backpropagated gradient vanishes
+    weight, backprop = init_ratios(vglib.Remedy("ortho", init="orthogonal"), "teacher", 0)
+    assert 0.3 < weight < 3 and backprop < 1e-3
+    weight, backprop = init_ratios(vglib.Remedy("tanh", activation="tanh", init="xavier"), "teacher", 0)
+    assert 0.1 < weight < 10 and 0.1 < backprop < 10
