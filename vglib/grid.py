@@ -19,13 +19,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 
 from ._seed import SeedSpread, torch_seed
-from ._seed import generator as seeded_generator
 from .diagnosis import diagnose
 from .ensemble import train_ensemble
-from .harness import HARNESS_SEEDS, Remedy
+from .harness import HARNESS_SEEDS, Remedy, harness_first_batch
 from .probes import gradient_profile
 from .tasks import Task, harness_task, one_hidden_layer_width
 
@@ -40,7 +38,6 @@ __all__ = [
     "cells_from_json",
     "cells_to_json",
     "choose_lr",
-    "first_batch",
     "init_ratios",
     "run_group",
     "shallow_twin",
@@ -203,15 +200,6 @@ def spread_at(cells: Iterable[GridCell], lr: float) -> SeedSpread:
     return SeedSpread(tuple(c.seed for c in chosen), tuple(c.final_test for c in chosen))
 
 
-def first_batch(task: str | Task, seed: int, batch_size: int = 64) -> tuple:
-    """The first minibatch a network of seed ``seed`` trains on in ``run_group`` (its generator's
-    first draw, as ``train_ensemble`` and ``vglib.train`` draw it)."""
-    task = harness_task(task) if isinstance(task, str) else task
-    x, y = task.train
-    index = torch.randint(0, len(x), (min(batch_size, len(x)),), generator=seeded_generator(seed))
-    return x[index], y[index]
-
-
 def init_ratios(remedy: Remedy, task: str | Task, seed: int) -> tuple[float, float]:
     """Two first-to-last-hidden-layer gradient ratios of ``remedy``'s network of seed ``seed`` at
     initialisation, on its first minibatch, named for what they measure: the *weight*-gradient
@@ -222,7 +210,7 @@ def init_ratios(remedy: Remedy, task: str | Task, seed: int) -> tuple[float, flo
     task = harness_task(task) if isinstance(task, str) else task
     with torch_seed(seed):
         model = remedy.build(seed, task)
-    x, y = first_batch(task, seed)
+    x, y = harness_first_batch(seed, task)
     weight = gradient_profile(model, x, y).first_to_last_ratio()
     backprop = diagnose(model, x, y).depth_change
     return float(weight), float(backprop)

@@ -330,10 +330,12 @@ def harness_linear_baseline() -> float:
     return float(np.mean((design(x_test) @ coef - to_numpy(y_test.double())) ** 2))
 
 
-def harness_first_batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def harness_first_batch(seed: int = 0, task: Task | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The first minibatch ``run_harness(..., seed=seed)`` trains on (the one ``gradient_ratio`` is
-    measured on): ``train`` draws it from a generator seeded with ``seed``."""
-    (x, y), _ = harness_data()
+    measured on), or with ``task`` the first one a network of that seed trains on in
+    ``vglib.grid.run_group``: ``train`` and ``train_ensemble`` draw it from a generator seeded with
+    ``seed``."""
+    (x, y) = harness_data()[0] if task is None else task.train
     index = torch.randint(0, len(x), (min(HARNESS_BATCH, len(x)),), generator=seeded_generator(seed))
     return x[index], y[index]
 

@@ -79,18 +79,12 @@ def one_step(model, x, y, *, histograms=False, loss_fn=nn.functional.mse_loss):
     return monitor
 
 
-@pytest.mark.parametrize("histograms", [False, True])
-def test_a_module_called_several_times_gets_one_row_per_call(histograms):
-    torch.manual_seed(0)
-    model = SharedAct()
-    x, y = torch.randn(32, 6), torch.randn(32, 1)
-    calls = captured_calls(model, "act", x, y)
-    monitor = one_step(model, x, y, histograms=histograms)
+def assert_rows_are_the_calls(monitor, names, calls, histograms):
+    """Each call's row (and histogram) holds that call's own statistics, computed by hand."""
     table = monitor.table()
-    acts = table.kind == "activation"
-    assert list(table.layer[acts]) == ["act", "act#2"]
-    for name, (h, g) in zip(["act", "act#2"], calls, strict=True):
-        row = acts & (table.layer == name)
+    assert table.layers("activation") == names
+    for name, (h, g) in zip(names, calls, strict=True):
+        row = (table.kind == "activation") & (table.layer == name)
         for column, expected in hand_statistics(h, g).items():
             assert table[column][row][0] == pytest.approx(expected, rel=1e-5, abs=1e-7), (name, column)
         if histograms:
@@ -100,17 +94,22 @@ def test_a_module_called_several_times_gets_one_row_per_call(histograms):
             np.testing.assert_array_equal(counts[0], expected.numpy())
 
 
+@pytest.mark.parametrize("histograms", [False, True])
+def test_a_module_called_several_times_gets_one_row_per_call(histograms):
+    torch.manual_seed(0)
+    model = SharedAct()
+    x, y = torch.randn(32, 6), torch.randn(32, 1)
+    calls = captured_calls(model, "act", x, y)
+    monitor = one_step(model, x, y, histograms=histograms)
+    assert_rows_are_the_calls(monitor, ["act", "act#2"], calls, histograms)
+
+
 def test_a_resnet_block_relu_called_twice_has_two_rows_with_their_own_numbers():
     torch.manual_seed(1)
     model = BasicBlock()
     x, y = torch.randn(8, 4, 6, 6), torch.randn(8, 4, 6, 6)
     calls = captured_calls(model, "relu", x, y)
-    table = one_step(model, x, y).table()
-    assert table.layers("activation") == ["relu", "relu#2"]
-    for name, (h, g) in zip(["relu", "relu#2"], calls, strict=True):
-        row = (table.kind == "activation") & (table.layer == name)
-        for column, expected in hand_statistics(h, g).items():
-            assert table[column][row][0] == pytest.approx(expected, rel=1e-5, abs=1e-7), (name, column)
+    assert_rows_are_the_calls(one_step(model, x, y), ["relu", "relu#2"], calls, histograms=False)
 
 
 def train_with_evaluation(model, x, y, x_eval, *, every, histograms, steps=6):
@@ -161,16 +160,8 @@ def test_gradient_accumulation_pools_the_micro_batches_of_a_step():
             rows = slice(16 * part, 16 * (part + 1))
             (nn.functional.mse_loss(model(x[rows]), y[rows]) / 4).backward()
         optimizer.step()
+    assert_rows_are_the_calls(monitor, ["act", "act#2"], calls, histograms=True)
     table = monitor.table()
-    acts = table.kind == "activation"
-    assert list(table.layer[acts]) == ["act", "act#2"]
-    for name, (h, g) in zip(["act", "act#2"], calls, strict=True):
-        row = acts & (table.layer == name)
-        for column, expected in hand_statistics(h, g).items():
-            assert table[column][row][0] == pytest.approx(expected, rel=1e-5, abs=1e-7), (name, column)
-        steps, edges, counts = monitor.histogram(name)
-        assert list(steps) == [0]
-        np.testing.assert_array_equal(counts[0], torch.histc(h, 40, edges[0], edges[-1]).numpy())
     layer = (table.kind == "parameters") & (table.layer == "l1")
     expected = torch.cat([p.grad.flatten() for p in reference.l1.parameters()]).norm().item()
     assert table["grad_norm"][layer][0] == pytest.approx(expected, rel=1e-5)

@@ -14,7 +14,6 @@ import tomllib
 from pathlib import Path
 
 import pytest
-import torch
 import vglib
 
 from tests.zoo.models import CASES
@@ -22,14 +21,6 @@ from tests.zoo.models import CASES
 ROOT = Path(__file__).resolve().parents[2]
 LABELS = tomllib.loads((ROOT / "tests" / "zoo" / "labels.toml").read_text())["cases"]
 RESULTS = json.loads((ROOT / "benchmarks" / "results" / "diagnose_zoo.json").read_text())["cases"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def diagnosed(name: str) -> vglib.Diagnosis:
