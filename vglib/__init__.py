@@ -8,6 +8,7 @@ from . import examples, widgets
 from ._glue import glue, rounded
 from ._seed import SeedSpread, over_seeds, seed_everything, seed_offset, shifted_seed, torch_seed
 from .activations import ACTIVATIONS, Activation, activation_derivative, get_activation
+from .compare import Grid, RemedyTable, TunedRuns, run_tuned, run_tuned_many
 from .data import ADDING_BASELINE_MSE, adding_problem, probe_batch, teacher_student
 from .diagnosis import Diagnosis, Finding, diagnose, loss_stalled, verdict_matrix
 from .ensemble import EnsembleRun, train_ensemble
@@ -34,9 +35,11 @@ from .models import (
     RECURRENT_KINDS,
     SKIPS,
     ElmanRNN,
+    FixupBlock,
     GatedRNN,
     HighwayBlock,
     LayerScaleBlock,
+    NoisyBatchNorm,
     ResidualBlock,
     ReZeroBlock,
     build_gaussian_mlp,
@@ -75,6 +78,7 @@ from .probes import (
 from .records import Records, load_model_state, model_state, records_mode
 from .static import Control
 from .tables import MonitorTable, RecordedMonitor
+from .tasks import TASKS, Task, harness_task
 from .theory import (
     chain_rule_bound,
     chi,
@@ -105,6 +109,7 @@ __all__ = [
     "NORMS",
     "RECURRENT_KINDS",
     "SKIPS",
+    "TASKS",
     "UNDERFLOW_FLOOR",
     "Activation",
     "Control",
@@ -113,28 +118,34 @@ __all__ = [
     "ElmanRNN",
     "EnsembleRun",
     "Finding",
+    "FixupBlock",
     "ForwardStatistics",
     "GatedRNN",
     "GradientExplorer",
     "GradientFlow",
     "GradientMonitor",
     "GradientProfile",
+    "Grid",
     "HarnessResult",
     "HarnessRuns",
     "HarnessTable",
     "HighwayBlock",
     "LayerScaleBlock",
     "MonitorTable",
+    "NoisyBatchNorm",
     "ProfileFigure",
     "ReZeroBlock",
     "RecordedMonitor",
     "Records",
     "Remedy",
+    "RemedyTable",
     "ResidualBlock",
     "SeedSpread",
     "Series",
+    "Task",
     "TimeFlow",
     "TrainingHistory",
+    "TunedRuns",
     "activation_derivative",
     "adding_problem",
     "bptt_gradient_norms",
@@ -162,6 +173,7 @@ __all__ = [
     "harness_data",
     "harness_first_batch",
     "harness_linear_baseline",
+    "harness_task",
     "hidden_weight_layers",
     "init_layer",
     "init_variance",
@@ -191,6 +203,8 @@ __all__ = [
     "rounded",
     "run_harness",
     "run_harnesses",
+    "run_tuned",
+    "run_tuned_many",
     "saturated_fraction",
     "saturation_threshold",
     "saved_for_backward_megabytes",

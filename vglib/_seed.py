@@ -131,6 +131,15 @@ class SeedSpread:
         text = f"{self.median:{number}} ({self.low:{number}}–{self.high:{number}})"
         return format(text, f"{align or '>'}{width}") if width else text
 
+    def relation(self, other: SeedSpread) -> str:
+        """ "below" where every value is below every value of ``other``, "above" where every value
+        is above, "overlaps" otherwise: a difference is only called one where the ranges separate."""
+        if self.high < other.low:
+            return "below"
+        if self.low > other.high:
+            return "above"
+        return "overlaps"
+
     def glue(self, name: str, fmt: str) -> None:
         """Glue ``name`` (the median), ``name_low`` and ``name_high``, each as ``fmt`` shows it."""
         from ._glue import glue

@@ -31,13 +31,13 @@ import math
 import multiprocessing
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from html import escape
-from typing import overload
+from typing import TypeVar, overload
 
 import numpy as np
 import torch
@@ -53,6 +53,9 @@ from .models import build_network
 from .tables import MonitorTable
 from .tasks import Task
 from .train import TrainingHistory, train
+
+J = TypeVar("J")
+T = TypeVar("T")
 
 __all__ = [
     "HARNESS_BATCH",
@@ -442,15 +445,8 @@ def run_harnesses(
     With ``seeds`` (e.g. ``HARNESS_SEEDS``) every remedy is trained once per seed and comes back as
     ``HarnessRuns``; otherwise once, with ``seed``, as a ``HarnessResult``.
 
-    Each run is seeded on its own and does the same arithmetic in any process, so the results
-    are the same, to the last bit, whether the runs share one process or ``processes`` worker
-    processes. The default is one worker per CPU core this process may use, at most
-    ``MAX_DEFAULT_PROCESSES``: each worker imports PyTorch afresh (a few hundred MB), and a
-    container may report more cores than its quota lets it use. Workers are started with
-    ``spawn`` and use the caller's PyTorch thread count. From a script, call it under
-    ``if __name__ == "__main__":``, as any code that starts processes: without, the workers fail
-    to start, and the runs are made in this process after a ``RuntimeWarning`` (slower, same
-    results).
+    The runs are made by ``map_in_processes``: the same results, to the last bit, in one process
+    or several. From a script, call it under ``if __name__ == "__main__":``.
     """
     remedies = list(remedies)
     if not remedies:
@@ -470,41 +466,58 @@ def run_harnesses(
             or not all(isinstance(s, int) and s >= 0 for s in seeds)
         ):
             raise ValueError(f"seeds must be distinct non-negative ints, at least one, got {seeds!r}")
+    jobs = [(r, s, steps, threshold) for r in remedies for s in (seeds if seeds is not None else (seed,))]
+    done = map_in_processes(_run_harness_job, jobs, processes)
+    if seeds is None:
+        return {r.label: result for r, result in zip(remedies, done, strict=True)}
+    per = len(seeds)
+    return {r.label: HarnessRuns(r, tuple(done[i * per : (i + 1) * per])) for i, r in enumerate(remedies)}
+
+
+def _run_harness_job(job: tuple[Remedy, int, int, float]) -> HarnessResult:
+    remedy, seed, steps, threshold = job
+    return run_harness(remedy, seed=seed, steps=steps, threshold=threshold)
+
+
+def map_in_processes(fn: Callable[[J], T], jobs: Sequence[J], processes: int | None = None) -> list[T]:
+    """``[fn(job) for job in jobs]``, in worker processes, in order.
+
+    Each job must be seeded on its own and do the same arithmetic in any process, so the results
+    are the same, to the last bit, whether the jobs share one process or ``processes`` worker
+    processes. The default is one worker per CPU core this process may use, at most
+    ``MAX_DEFAULT_PROCESSES``: each worker imports PyTorch afresh (a few hundred MB), and a
+    container may report more cores than its quota lets it use. Workers are started with
+    ``spawn`` and use the caller's PyTorch thread count. From a script, call it under
+    ``if __name__ == "__main__":``, as any code that starts processes: without, the workers fail
+    to start, and the jobs run in this process after a ``RuntimeWarning`` (slower, same results).
+    """
+    jobs = list(jobs)
     if processes is None:
         processes = min(
             MAX_DEFAULT_PROCESSES,
             len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
         )
     check_positive_int("processes", processes)
-    jobs = [(r, s) for r in remedies for s in (seeds if seeds is not None else (seed,))]
-    processes = min(processes, len(jobs))
-    kwargs = {"steps": steps, "threshold": threshold}
+    processes = min(processes, max(len(jobs), 1))
     if processes == 1:
-        done = [run_harness(r, seed=s, **kwargs) for r, s in jobs]  # type: ignore[arg-type]
-    else:
-        try:
-            with ProcessPoolExecutor(
-                processes,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=torch.set_num_threads,
-                initargs=(torch.get_num_threads(),),
-            ) as pool:
-                futures = [pool.submit(run_harness, r, seed=s, **kwargs) for r, s in jobs]  # type: ignore[arg-type]
-                done = [f.result() for f in futures]
-        except BrokenProcessPool:
-            warnings.warn(
-                "run_harnesses: the worker processes stopped before they finished (from a script, "
-                'call run_harnesses under `if __name__ == "__main__":`, since each worker re-imports '
-                f"the script; or a worker ran out of memory); running the {len(jobs)} runs in this "
-                "process instead, with the same results",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            done = [run_harness(r, seed=s, **kwargs) for r, s in jobs]  # type: ignore[arg-type]
-    if seeds is None:
-        return {r.label: result for r, result in zip(remedies, done, strict=True)}
-    per = len(seeds)
-    return {r.label: HarnessRuns(r, tuple(done[i * per : (i + 1) * per])) for i, r in enumerate(remedies)}
+        return [fn(job) for job in jobs]
+    try:
+        with ProcessPoolExecutor(
+            processes,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=torch.set_num_threads,
+            initargs=(torch.get_num_threads(),),
+        ) as pool:
+            return list(pool.map(fn, jobs))
+    except BrokenProcessPool:
+        warnings.warn(
+            "the worker processes stopped before they finished (from a script, call this under "
+            '`if __name__ == "__main__":`, since each worker re-imports the script; or a worker ran '
+            f"out of memory); running the {len(jobs)} jobs in this process instead, with the same results",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return [fn(job) for job in jobs]
 
 
 def _ratio_at(table: MonitorTable, hidden: list[str], step: int) -> float:

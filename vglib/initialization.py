@@ -8,6 +8,7 @@
 | ``xavier``   | U(+-sqrt(6/(fan_in+fan_out))), Glorot & Bengio's "normalised" init | 2/(fan_in+fan_out) | 0 |
 | ``he``       | N(0, 2/fan_in), He et al. (2015)          | 2 / fan_in            | 0             |
 | ``orthogonal`` | a random orthogonal matrix, gain 1 (Saxe et al. 2013) | 1 / max(fan_in, fan_out) | 0 |
+| ``orthogonal_relu`` | the same with ReLU's gain sqrt 2 | 2 / max(fan_in, fan_out) | 0 |
 | ``lecun``    | N(0, 1/fan_in) (LeCun et al. 1998)        | 1 / fan_in            | 0             |
 
 The schemes do not depend on the activation: ``he`` is the ReLU gain whatever the network uses,
@@ -37,7 +38,7 @@ __all__ = [
     "weight_layers",
 ]
 
-INITS: tuple[str, ...] = ("default", "small", "xavier", "he", "orthogonal", "lecun")
+INITS: tuple[str, ...] = ("default", "small", "xavier", "he", "orthogonal", "orthogonal_relu", "lecun")
 """Names accepted wherever an ``init`` argument is taken."""
 
 _LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -59,6 +60,7 @@ def init_variance(scheme: str, fan_in: int, fan_out: int) -> float:
         "xavier": 2.0 / (fan_in + fan_out),
         "he": 2.0 / fan_in,
         "orthogonal": 1.0 / max(fan_in, fan_out),
+        "orthogonal_relu": 2.0 / max(fan_in, fan_out),
         "lecun": 1.0 / fan_in,
     }[scheme]
 
@@ -89,6 +91,7 @@ def _fill(layer: nn.Module, scheme: str) -> None:
         "xavier": nn.init.xavier_uniform_,
         "he": lambda w: nn.init.kaiming_normal_(w, mode="fan_in", nonlinearity="relu"),
         "orthogonal": nn.init.orthogonal_,
+        "orthogonal_relu": lambda w: nn.init.orthogonal_(w, gain=nn.init.calculate_gain("relu")),
         "lecun": lambda w: nn.init.normal_(w, 0.0, 1.0 / math.sqrt(fan_in)),
     }
     fill[scheme](weight)

@@ -17,13 +17,16 @@ from .initialization import INITS, init_layer, layer_seed
 
 __all__ = [
     "HEAD_SEED_INDEX",
+    "NOISY_BN_STRENGTH",
     "NORMS",
     "RECURRENT_KINDS",
     "SKIPS",
     "ElmanRNN",
+    "FixupBlock",
     "GatedRNN",
     "HighwayBlock",
     "LayerScaleBlock",
+    "NoisyBatchNorm",
     "ReZeroBlock",
     "ResidualBlock",
     "build_gaussian_mlp",
@@ -178,15 +181,44 @@ def build_rnn(
     return model
 
 
-NORMS: tuple[str, ...] = ("none", "batch", "layer", "rms", "group")
+NORMS: tuple[str, ...] = ("none", "batch", "layer", "rms", "group", "noisy_batch")
 """Names accepted by ``build_network(norm=...)``: no normalisation, ``nn.BatchNorm1d`` (Ioffe &
 Szegedy 2015), ``nn.LayerNorm`` (Ba et al. 2016), ``nn.RMSNorm`` (Zhang & Sennrich 2019: no mean
 subtracted) and ``nn.GroupNorm`` with 8 groups (Wu & He 2018; fewer where the width has no 8
-equal groups)."""
-SKIPS: tuple[str, ...] = ("none", "residual", "highway", "rezero", "layerscale")
+equal groups); ``"noisy_batch"`` is ``NoisyBatchNorm``, batch norm followed by a covariate shift
+injected at every training step."""
+SKIPS: tuple[str, ...] = ("none", "residual", "highway", "rezero", "layerscale", "fixup")
 """Names accepted by ``build_network(skip=...)``: see ``build_network``."""
 _GATE_SEED_INDEX = 2**20
 """Seed indices of highway gates start here, apart from the main layers' 0, 1, 2, ..."""
+
+
+NOISY_BN_STRENGTH = 0.5
+"""``NoisyBatchNorm``'s noise: each unit's mean moved by N(0, s^2) and its scale multiplied by a factor
+uniform in [1 - s, 1 + s], s = 0.5, drawn afresh at every training step."""
+
+
+class NoisyBatchNorm(nn.BatchNorm1d):
+    """Batch norm (no affine parameters) followed, at every *training* step, by a shift of each
+    unit's distribution: ``z * a + b`` with a per-unit scale ``a ~ U[1 - s, 1 + s]`` and offset
+    ``b ~ N(0, s^2)`` drawn afresh at each step (``s = NOISY_BN_STRENGTH``). This is the
+    experiment of Santurkar et al. (2018, section 2.1), which put back a changing covariate shift
+    after batch norm to see whether batch norm's benefit survives it. The noise is drawn only where
+    a gradient is being computed (``torch.is_grad_enabled()`` in training mode), so held-out
+    evaluation under ``torch.no_grad`` sees plain batch norm."""
+
+    def __init__(self, width: int, strength: float = NOISY_BN_STRENGTH):
+        super().__init__(width, affine=False)
+        self.strength = float(strength)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        z = super().forward(x)
+        if not (self.training and torch.is_grad_enabled()):
+            return z
+        s = self.strength
+        scale = 1.0 + s * (2.0 * torch.rand(z.shape[-1], dtype=z.dtype, device=z.device) - 1.0)
+        offset = s * torch.randn(z.shape[-1], dtype=z.dtype, device=z.device)
+        return z * scale + offset
 
 
 def _norm_module(norm: str, width: int) -> nn.Module | None:
@@ -197,6 +229,8 @@ def _norm_module(norm: str, width: int) -> nn.Module | None:
         return nn.BatchNorm1d(width, affine=False)
     if norm == "rms":
         return nn.RMSNorm(width, elementwise_affine=False)
+    if norm == "noisy_batch":
+        return NoisyBatchNorm(width)
     if norm == "group":
         groups = max(g for g in range(1, 9) if width % g == 0)
         return nn.GroupNorm(groups, width, affine=False)
@@ -252,6 +286,31 @@ class LayerScaleBlock(ResidualBlock):
         return h + self.gamma * self.branch(h)
 
 
+class FixupBlock(ResidualBlock):
+    """``h + multiplier * linear(act(norm(h) + bias_in)) + bias_out``: Fixup (Zhang et al. 2019)
+    for a branch of one weight layer. Fixup zeroes the last weight layer of every branch and
+    rescales the others by ``L^(-1/(2m-2))`` for branches of ``m`` layers; with ``m = 1`` there is
+    nothing to rescale, and what remains is the zero-initialised branch with Fixup's scalar biases
+    (0) and scalar multiplier (1). At initialisation every block is the identity, as with
+    ``ReZeroBlock``, but here the branch weights receive a gradient from the first step."""
+
+    def __init__(self, linear: nn.Linear, act: nn.Module, norm: nn.Module | None):
+        super().__init__(linear, act, norm, 1.0)
+        with torch.no_grad():
+            linear.weight.zero_()
+            if linear.bias is not None:
+                linear.bias.zero_()
+        self.bias_in = nn.Parameter(torch.zeros(()))
+        self.bias_out = nn.Parameter(torch.zeros(()))
+        self.multiplier = nn.Parameter(torch.ones(()))
+
+    def branch(self, h: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.act((self.norm(h) if self.norm is not None else h) + self.bias_in))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return h + self.multiplier * self.branch(h) + self.bias_out
+
+
 class HighwayBlock(nn.Module):
     """``h + T(h) * (H(h) - h)`` with ``H = act(norm(linear(h)))`` and the transform gate
     ``T = sigmoid(gate(h))`` (Srivastava et al. 2015). A negative gate bias makes ``T`` small at
@@ -292,9 +351,10 @@ def build_network(
     (``linear1``, ``norm1``, ``act1``) maps the input to ``width``; with ``skip="none"`` the others
     follow the same pattern (Linear -> norm -> activation, the placement of Ioffe & Szegedy 2015),
     and with ``norm="none"`` the model *is* ``build_mlp``'s. With ``skip="residual"``,
-    ``"highway"``, ``"rezero"`` or ``"layerscale"`` blocks 2..depth are ``ResidualBlock`` (branch
-    scaled by ``residual_scale``), ``HighwayBlock``, ``ReZeroBlock`` (a learned scalar from 0) or
-    ``LayerScaleBlock`` (a learned per-channel scale starting at ``residual_scale``) modules named
+    ``"highway"``, ``"rezero"``, ``"layerscale"`` or ``"fixup"`` blocks 2..depth are ``ResidualBlock``
+    (branch scaled by ``residual_scale``), ``HighwayBlock``, ``ReZeroBlock`` (a learned scalar from
+    0), ``LayerScaleBlock`` (a learned per-channel scale starting at ``residual_scale``) or
+    ``FixupBlock`` (the branch's weight layer zeroed) modules named
     ``block2``... whose weight layer is ``block{i}.linear``. The weight layer of block ``i`` is drawn
     from the same seed in every variant, so a plain net and its residual or highway version start
     from the same weights and differ only in the architecture. Norm layers have no affine
@@ -324,6 +384,8 @@ def build_network(
             modules[f"block{index + 1}"] = block
         elif skip == "rezero":
             modules[f"block{index + 1}"] = ReZeroBlock(linear, act.make_module(), layer_norm)
+        elif skip == "fixup":
+            modules[f"block{index + 1}"] = FixupBlock(linear, act.make_module(), layer_norm)
         elif skip == "layerscale":
             modules[f"block{index + 1}"] = LayerScaleBlock(
                 linear, act.make_module(), layer_norm, residual_scale

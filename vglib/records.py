@@ -52,6 +52,8 @@ import torch
 
 from ._seed import SeedSpread, seed_offset
 from ._tensors import to_numpy
+from .compare import TunedRuns
+from .grid import GridCell
 from .harness import HarnessResult, HarnessRuns, Remedy
 from .monitor import GradientMonitor
 from .tables import MonitorTable, RecordedMonitor
@@ -106,6 +108,8 @@ _DATACLASSES: dict[str, type] = {
         Remedy,
         SeedSpread,
         RecordedMonitor,
+        GridCell,
+        TunedRuns,
     )
 }
 

@@ -140,3 +140,54 @@ def test_rms_and_group_norm_normalise_each_example(norm):
         torch.testing.assert_close(out.view(8, 8, 2).mean(2), torch.zeros(8, 8), atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="'rms', 'group'"):
         vglib.build_network(3, 16, norm="weight")
+
+
+def test_fixup_blocks_start_as_the_identity_yet_their_weights_learn_from_the_first_step():
+    model = vglib.build_network(6, 16, "relu", "he", seed=0, skip="fixup", in_features=4)
+    blocks = [m for m in model if isinstance(m, vglib.FixupBlock)]
+    assert len(blocks) == 5 and all(torch.count_nonzero(b.linear.weight) == 0 for b in blocks)
+    x = torch.randn(8, 4)
+    first = model.act1(model.linear1(x))
+    torch.testing.assert_close(model(x), model.head(first))  # a zero branch passes h through
+    model(x).pow(2).mean().backward()
+    # unlike ReZero's alpha = 0, the multiplier is 1: the zeroed weights get the branch's gradient
+    assert all(b.linear.weight.grad.abs().max() > 0 for b in blocks)
+    h = torch.randn(8, 16)
+    with torch.no_grad():
+        blocks[0].linear.weight.normal_()
+        blocks[0].bias_in.fill_(0.3)
+        blocks[0].bias_out.fill_(-0.2)
+        blocks[0].multiplier.fill_(0.5)
+    expected = h + 0.5 * blocks[0].linear(torch.relu(h + 0.3)) - 0.2
+    torch.testing.assert_close(blocks[0](h), expected)
+
+
+def test_noisy_batch_norm_shifts_each_unit_at_training_steps_only():
+    torch.manual_seed(0)
+    norm = vglib.NoisyBatchNorm(64)
+    x = torch.randn(256, 64) * 3 + 1
+    plain = torch.nn.functional.batch_norm(x, None, None, training=True)
+    noisy = norm(x)
+    # a training step: each unit's mean moved by N(0, s^2), its scale by U[1-s, 1+s]
+    means, stds = noisy.mean(0), noisy.std(0, unbiased=False)
+    s = vglib.models.NOISY_BN_STRENGTH
+    assert 0.5 * s < means.std() < 1.5 * s and stds.min() >= 1 - s - 1e-3 and stds.max() <= 1 + s + 1e-3
+    assert not torch.allclose(norm(x), noisy)  # drawn afresh at every step
+    with torch.no_grad():  # held-out evaluation (vglib.train evaluates under no_grad): plain batch norm
+        torch.testing.assert_close(norm(x), plain)
+    norm.eval()  # running statistics, no noise
+    expected = (x - norm.running_mean) / (norm.running_var + norm.eps).sqrt()
+    torch.testing.assert_close(norm(x), expected)
+
+
+def test_orthogonal_relu_init_is_orthogonal_with_the_relu_gain():
+    w = vglib.init_layer(torch.nn.Linear(64, 64), "orthogonal_relu", seed=0).weight.double()
+    torch.testing.assert_close(w @ w.T, 2 * torch.eye(64, dtype=torch.float64), atol=1e-5, rtol=0)
+    assert vglib.init_variance("orthogonal_relu", 64, 64) == pytest.approx(2 / 64)
+    # with ReLU it keeps the forward signal as He's init does (Saxe et al.'s gain for rectifiers)
+    x = torch.randn(512, 64)
+    model = vglib.build_network(20, 64, "relu", "orthogonal_relu", 0, in_features=64)
+    h = x
+    for i in range(1, 21):
+        h = torch.relu(model.get_submodule(f"linear{i}")(h))
+    assert 0.3 < h.pow(2).mean().item() / x.pow(2).mean().item() < 3
