@@ -56,11 +56,11 @@ def run_one(job: tuple[vglib.Remedy, str, int]) -> tuple[list[grid.GridCell], fl
     return cells, time.perf_counter() - start
 
 
-def init_entries(tasks: list[str]) -> list[dict]:
+def init_entries(tasks: list[str], labels: list[str] | None = None) -> list[dict]:
     """Both gradient ratios at initialisation (``grid.init_ratios``) of every remedy, task and seed."""
     out = []
     for task in tasks:
-        for remedy in remedies_for(task, None):
+        for remedy in remedies_for(task, labels):
             for seed in vglib.HARNESS_SEEDS:
                 weight, backprop = grid.init_ratios(remedy, task, seed)
                 out.append({"remedy": remedy.label, "task": task, "seed": seed,
@@ -111,6 +111,11 @@ def main() -> None:
     parser.add_argument("--remedies", nargs="+", default=None, help="labels (default: all)")
     parser.add_argument("--from-file", action="store_true", help="print the committed results, run nothing")
     parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="run only --remedies (all tasks, full budget) and put their groups into the committed file",
+    )
+    parser.add_argument(
         "--update-init",
         action="store_true",
         help="recompute only the ratios at initialisation, into the file",
@@ -126,6 +131,28 @@ def main() -> None:
         cells = grid.cells_from_json(saved["cells"])
         for task in args.tasks:
             print(table(cells, task, saved.get("init")))
+        return
+    if args.merge:  # new or changed remedies only: the rest of the committed file is kept
+        if not args.remedies or args.steps != grid.GRID_STEPS or set(args.tasks) != set(TASKS):
+            parser.error("--merge needs --remedies, and no --steps or --tasks")
+        saved = json.loads(RESULTS.read_text())
+        jobs = [(r, task, args.steps) for task in TASKS for r in remedies_for(task, args.remedies)]
+        start = time.perf_counter()
+        with ProcessPoolExecutor(args.jobs) as pool:
+            fresh = [cell for group, _ in pool.map(run_one, jobs) for cell in group]
+        redone = set(args.remedies)
+        kept = [c for c in grid.cells_from_json(saved["cells"]) if c.remedy not in redone]
+        order = {r.label: i for i, r in enumerate([*grid.GRID_REMEDIES, grid.shallow_twin("teacher")])}
+        order[grid.SHALLOW_TWIN] = len(order)
+        cells = sorted([*kept, *fresh], key=lambda c: (TASKS.index(c.task), order.get(c.remedy, len(order))))
+        init = [e for e in saved["init"] if e["remedy"] not in redone]
+        init += init_entries(list(TASKS), args.remedies)
+        saved["cells"], saved["init"] = grid.cells_to_json(cells), init
+        RESULTS.write_text(json.dumps(saved) + "\n")
+        took = time.perf_counter() - start
+        print(f"merged {len(jobs)} groups in {took:.0f} s into {RESULTS.relative_to(ROOT)}")
+        for task in TASKS:
+            print(table(cells, task, init))
         return
     if args.write and (args.steps != grid.GRID_STEPS or args.remedies or set(args.tasks) != set(TASKS)):
         parser.error("--write records the whole grid: no --steps, --remedies or --tasks with it")

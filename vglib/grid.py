@@ -64,9 +64,11 @@ def _catalogue() -> tuple[Remedy, ...]:
         R("tanh, Xavier", activation="tanh", init="xavier"),
         R("ReLU, He", init="he"),
         R("ReLU, orthogonal (gain 1)", init="orthogonal"),
+        R("ReLU, orthogonal (gain √2)", init="orthogonal_relu"),
         R("ReLU, LSUV", lsuv=True),
         R("leaky ReLU, He", activation="leaky_relu"),
         R("SELU, LeCun", activation="selu", init="lecun"),
+        R("SiLU, He", activation="silu"),
         R("ReLU, default + batch norm", init="default", norm="batch"),
         R("ReLU, default + layer norm", init="default", norm="layer"),
         R("ReLU, default + residual", init="default", skip="residual", residual_scale=scale),
@@ -74,13 +76,22 @@ def _catalogue() -> tuple[Remedy, ...]:
         R("ReLU, He + residual", skip="residual", residual_scale=scale),
         R("ReLU, He + residual + batch norm", skip="residual", norm="batch"),
         R("tanh, Xavier + highway", activation="tanh", init="xavier", skip="highway"),
+        R(
+            "sigmoid, default + residual",
+            activation="sigmoid",
+            init="default",
+            skip="residual",
+            residual_scale=scale,
+        ),
         R("ReLU, He + ReZero", skip="rezero"),
+        R("ReLU, He + Fixup", skip="fixup"),
         R(
             "ReLU, He + LayerScale 1e-6", skip="layerscale", residual_scale=1e-6
         ),  # CaiT's start beyond 24 blocks
         R("ReLU, default + RMS norm", init="default", norm="rms"),
         R("ReLU, default + group norm", init="default", norm="group"),
         R("sigmoid, default + Adam", activation="sigmoid", init="default", optimizer="adam"),
+        R("sigmoid, Xavier + Adam", activation="sigmoid", init="xavier", optimizer="adam"),
         R("ReLU, Var(W) = 1/n + Adam", init="lecun", optimizer="adam"),
     )
 
