@@ -22,10 +22,12 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocato
 
 from ._seed import SeedSpread
 from .activations import get_activation
+from .compare import Grid, RemedyTable
 from .flow import TimeFlow
 from .harness import HarnessResult, HarnessRuns
 from .probes import GradientProfile
 from .tables import MonitorTable
+from .tasks import harness_task
 from .train import TrainingHistory
 
 __all__ = [
@@ -42,7 +44,9 @@ __all__ = [
     "plot_harness_results",
     "plot_histograms_over_training",
     "plot_order_to_chaos",
+    "plot_remedies",
     "plot_training_curves",
+    "plot_tuning",
     "plot_update_ratios",
 ]
 
@@ -571,4 +575,90 @@ def plot_harness_results(results: Sequence[HarnessResult] | Sequence[HarnessRuns
     right.set(xlabel="held-out loss after the budget", title=title)
     right.legend(fontsize=7, loc="lower right", framealpha=1.0)
     right.grid(True, axis="x", alpha=0.3)
+    return fig
+
+
+def _metric_name(task: str) -> str:
+    return "accuracy" if harness_task(task).metric == "accuracy" else "loss"
+
+
+def plot_remedies(tables: Sequence[RemedyTable]) -> Figure:
+    """Each ``RemedyTable`` as a panel, side by side (one per task), one row per remedy, top row
+    first: the final test metric's median (dot) and range over the seeds (bar), a diverged run at
+    the panel's worst edge, with the shallow twin and the linear model as vertical lines. Dots are
+    green where every run reached the task's threshold, grey where none did."""
+    if not tables:
+        raise ValueError("plot_remedies needs at least one RemedyTable")
+    labels = [r.remedy.label for r in tables[0].runs]
+    if any([r.remedy.label for r in t.runs] != labels for t in tables):
+        raise ValueError("the tables must list the same remedies in the same order")
+    y = np.arange(len(labels))[::-1]
+    fig = _new_figure(3.0 + 2.6 * len(tables), 1.0 + 0.22 * len(labels))
+    axes = np.atleast_1d(fig.subplots(1, len(tables), sharey=True))
+    for ax, table in zip(axes, tables, strict=True):
+        accuracy = table.metric == "accuracy"
+        worst = 0.0 if accuracy else 1.2
+        finals = [r.final for r in table.runs]
+
+        def shown(values: Sequence[float], worst: float = worst) -> np.ndarray:
+            array = np.array(values, dtype=np.float64)
+            return np.clip(np.where(np.isfinite(array), array, worst), 0.0, 1.2)
+
+        mid = shown([f.median for f in finals])
+        low, high = shown([f.low for f in finals]), shown([f.high for f in finals])
+        if not accuracy:  # a diverged run is the worst: it is the high end of a loss's range
+            high = shown([max((v if np.isfinite(v) else np.inf) for v in f.values) for f in finals])
+        else:
+            low = shown([min((v if np.isfinite(v) else -np.inf) for v in f.values) for f in finals])
+        colours = [OKABE_ITO[2] if r.n_reached == len(r.cells) else "#999999" if r.n_reached == 0
+                   else "#A8DCC9" for r in table.runs]  # fmt: skip
+        ax.hlines(y, low, high, color="black", linewidth=1.0)
+        ax.scatter(mid, y, c=colours, s=22, zorder=3, edgecolors="black", linewidths=0.5)
+        task = harness_task(table.task)
+        ax.axvline(
+            task.linear_baseline(), color=OKABE_ITO[1], linestyle="--", linewidth=1, label="linear model"
+        )
+        if table.shallow is not None:
+            ax.axvline(table.shallow.final.median, color=OKABE_ITO[0], linestyle=":", linewidth=1.2,
+                       label="1 hidden layer, same size")  # fmt: skip
+        ax.set_xlim(0.0, 1.0 if accuracy else 1.2)
+        ax.set(xlabel=f"test {_metric_name(table.task)} ({table.task})", title=table.task)
+        ax.grid(True, axis="x", alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left" if accuracy else "lower right", framealpha=1.0)
+    axes[0].set_yticks(y, labels, fontsize=8)
+    return fig
+
+
+def plot_tuning(grid: Grid, labels: Sequence[str], tasks: Sequence[str] = ("teacher", "digits")) -> Figure:
+    """Tuning curves from the committed grid: for each remedy, the final *validation* metric
+    against the learning rate (median over the seeds, bars for the range), one panel per task; the
+    learning rate the grid chose is the large marker. A diverged run leaves a gap."""
+    if not labels:
+        raise ValueError("plot_tuning needs at least one remedy label")
+    fig = _new_figure(3.4 * len(tasks), 3.2)
+    axes = np.atleast_1d(fig.subplots(1, len(tasks)))
+    for ax, task in zip(axes, tasks, strict=True):
+        for i, label in enumerate(labels):
+            tuning = grid.tuning(label, task)
+            lrs = np.array(sorted(tuning))
+            mid = np.array([tuning[lr].median for lr in lrs])
+            low = np.array([tuning[lr].low for lr in lrs])
+            high = np.array([tuning[lr].high for lr in lrs])
+            colour = OKABE_ITO[i % len(OKABE_ITO)]
+            with np.errstate(invalid="ignore"):
+                ax.errorbar(lrs, mid, yerr=(np.abs(mid - low), np.abs(high - mid)), color=colour, marker="o",
+                            markersize=3, linewidth=1, capsize=2, label=label)  # fmt: skip
+            chosen = grid.lr(label, task)
+            ax.plot([chosen], [tuning[chosen].median], marker="o", markersize=8, color=colour,
+                    markeredgecolor="black")  # fmt: skip
+        linear = harness_task(task).linear_baseline("validation")
+        ax.axhline(linear, color="grey", linestyle="--", linewidth=1, label="linear model")
+        ax.set_xscale("log")
+        ax.set(xlabel="learning rate", ylabel=f"validation {_metric_name(task)} after the budget", title=task)
+        if _metric_name(task) == "loss":
+            ax.set_ylim(0.0, 1.2)
+        else:
+            ax.set_ylim(0.0, 1.0)
+        ax.grid(True, alpha=0.3)
+    axes[-1].legend(fontsize=7, framealpha=1.0, loc="lower right")
     return fig

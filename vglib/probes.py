@@ -24,11 +24,13 @@ from torch.nn.utils import parametrize
 from ._batch import Inputs, LossFn, check_inputs, default_loss, forward_located, scalar_loss, scored, usable
 from ._state import buffers_kept
 from ._tensors import to_numpy
+from ._validation import check_positive_int
 from .activations import get_activation
 from .initialization import weight_layers
 
 __all__ = [
     "SATURATION_THRESHOLD",
+    "CovariateShift",
     "ForwardStatistics",
     "GradientProfile",
     "bptt_gradient_norms",
@@ -262,6 +264,64 @@ def forward_statistics(model: nn.Module, x: torch.Tensor, activation: str | None
         np.array(mean),
         np.array(var),
     )
+
+
+class CovariateShift:
+    """How much the input distribution of each hidden weight layer moves during training: the
+    "internal covariate shift" of Ioffe & Szegedy (2015), measured. Passed to
+    ``vglib.train(..., callback=shift)``, it looks after the first update and then every
+    ``every`` updates at the input of every weight layer but the first (whose input is the data) on
+    a fixed probe batch ``x``, and records each unit's mean and standard deviation there. The shift
+    between two looks is, per layer, the median over units of ``|mu_t - mu_s| / sigma_s`` (the
+    move of the unit's mean in units of its earlier spread; a unit that was constant over the
+    batch, such as a dead ReLU, is left out), averaged over the layers: ``shifts``, at ``steps``.
+
+    The probe runs in the model's training mode with gradients enabled, as a training step sees
+    its input (so a ``NoisyBatchNorm`` injects its noise), and changes neither the weights nor the
+    running statistics of batch norm."""
+
+    def __init__(self, x: torch.Tensor, every: int = 10):
+        self.x = _check_tensor("x", x)
+        check_positive_int("every", every)
+        self.every = every
+        self.steps: list[int] = []
+        self.shifts: list[float] = []
+        self._last: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def _stats(self, model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        layers = list(_measured_layers(model, "CovariateShift").values())[1:]
+        inputs: list[torch.Tensor] = []
+        handles = [m.register_forward_pre_hook(lambda _, a: inputs.append(a[0].detach())) for m in layers]
+        try:
+            with buffers_kept(model), torch.enable_grad():
+                model(self.x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return [(h.double().mean(0), h.double().std(0, unbiased=False)) for h in inputs]
+
+    def __call__(self, step: int, model: nn.Module) -> None:
+        if self._last is None:  # the first call: the first look
+            self._last = self._stats(model)
+            return
+        if step % self.every:
+            return
+        now = self._stats(model)
+        per_layer = [
+            float(((m1 - m0).abs()[s0 > 0] / s0[s0 > 0]).median())  # units with no spread left out
+            for (m0, s0), (m1, _) in zip(self._last, now, strict=True)
+            if bool((s0 > 0).any())
+        ]
+        self.steps.append(step)
+        self.shifts.append(float(np.mean(per_layer)))
+        self._last = now
+
+    @property
+    def mean_shift(self) -> float:
+        """The shift averaged over all the looks."""
+        if not self.shifts:
+            raise ValueError("CovariateShift has not recorded two looks yet: train for `every` steps or more")
+        return float(np.mean(self.shifts))
 
 
 def bptt_gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,6 +56,7 @@ def train(
     eval_every: int = 50,
     monitor_every: int | None = None,
     histograms: bool = False,
+    callback: Callable[[int, nn.Module], None] | None = None,
 ) -> TrainingHistory:
     """Train ``model`` in place on ``(x, y)`` by minibatch gradient descent; returns its history.
 
@@ -67,7 +69,8 @@ def train(
     mode (batch norm in training mode normalises with the held-out set's own statistics) and
     leaves its buffers as they were, so held-out data never leaks into running statistics. With
     ``monitor_every`` a ``GradientMonitor`` records every that many steps (``histograms`` too, if
-    asked) and comes back as ``history.monitor``.
+    asked) and comes back as ``history.monitor``. ``callback(step, model)``, if given, is called
+    after every update with the number of updates made so far (e.g. ``vglib.CovariateShift``).
     """
     check_positive_int("steps", steps)
     check_positive_int("batch_size", batch_size)
@@ -108,6 +111,8 @@ def train(
             if clip_value is not None:
                 nn.utils.clip_grad_value_(params, clip_value)
             opt.step()
+            if callback is not None:
+                callback(step + 1, model)
             losses.append(float(loss.detach()))
             if (step + 1) % eval_every == 0 or step == steps - 1:
                 with torch.no_grad(), buffers_kept(model):  # held-out data never enters running stats

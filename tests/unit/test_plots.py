@@ -209,3 +209,18 @@ def test_harness_figure_over_seeds_draws_the_median_with_the_range_as_a_whisker(
     assert high == pytest.approx(np.log10(runs.gradient_ratio.high), rel=1e-6)
     (loss_bar,) = right.patches
     assert loss_bar.get_width() == pytest.approx(runs.final_loss.median)
+
+
+def test_remedy_and_tuning_figures_from_the_committed_grid():
+    from pathlib import Path
+
+    grid = vglib.Grid.load(Path(__file__).resolve().parents[2] / "benchmarks/results/harness_grid.json")
+    labels = ["ReLU, He", "ReLU, He + residual, scale 1"]  # the second diverges on teacher
+    tables = [vglib.RemedyTable([grid.runs(label, task) for label in labels]) for task in vglib.TASKS]
+    fig = vglib.plot_remedies(tables)
+    assert [ax.get_title() for ax in fig.axes] == list(vglib.TASKS)
+    assert fig.axes[0].get_xlim() == (0.0, 1.2) and fig.axes[1].get_xlim() == (0.0, 1.0)
+    tuning = vglib.plot_tuning(grid, labels)
+    assert [ax.get_xscale() for ax in tuning.axes] == ["log", "log"]
+    with pytest.raises(ValueError, match="same remedies"):
+        vglib.plot_remedies([tables[0], vglib.RemedyTable([grid.runs("ReLU, He", "digits")])])

@@ -325,3 +325,52 @@ def test_fitted_growth_refuses_what_it_cannot_fit():
         vglib.fitted_growth([1.0, 0.0, 2.0])
     with pytest.raises(ValueError, match="positive and finite"):
         vglib.fitted_growth([1.0, float("nan")])
+
+
+def test_covariate_shift_measures_how_far_each_layer_input_moves():
+    torch.manual_seed(0)
+    model = vglib.build_network(2, 16, "relu", "he", 0, in_features=8)  # linear1, linear2, head
+    x = torch.randn(128, 8)
+
+    def inputs():  # what linear2 and the head see: the two layers measured
+        h1 = torch.relu(model.linear1(x))
+        return [h1.double(), torch.relu(model.linear2(h1)).double()]
+
+    shift = vglib.CovariateShift(x, every=10)
+    shift(1, model)
+    shift(5, model)  # not a multiple of every: no look
+    shift(10, model)
+    assert shift.steps == [10] and shift.shifts == [0.0]  # nothing changed
+    with torch.no_grad():
+        before = inputs()
+        model.linear1.bias += 0.5
+        after = inputs()
+    spreads = [b.std(0, unbiased=False) for b in before]
+    moves = [(a.mean(0) - b.mean(0)).abs() for a, b in zip(after, before, strict=True)]
+    expected = np.mean([float((m[s > 0] / s[s > 0]).median()) for m, s in zip(moves, spreads, strict=True)])
+    shift(20, model)
+    assert shift.steps == [10, 20] and shift.shifts[1] == pytest.approx(expected, rel=1e-6) and expected > 0.1
+    assert shift.mean_shift == pytest.approx(expected / 2)
+
+
+def test_covariate_shift_sees_injected_noise_but_not_plain_batch_norm_on_a_fixed_model():
+    x = torch.randn(256, 8)
+    plain_bn = vglib.build_network(4, 16, "relu", "he", 0, norm="batch", in_features=8)
+    noisy = vglib.build_network(4, 16, "relu", "he", 0, norm="noisy_batch", in_features=8)
+    for model, expected_zero in ((plain_bn, True), (noisy, False)):
+        shift = vglib.CovariateShift(x, every=1)
+        before = [b.clone() for b in model.buffers()]
+        shift(1, model)
+        shift(2, model)
+        assert (shift.shifts[0] == 0.0) is expected_zero
+        assert all(torch.equal(a, b) for a, b in zip(before, model.buffers(), strict=True))  # stats kept
+    with pytest.raises(ValueError, match="two looks"):
+        _ = vglib.CovariateShift(x).mean_shift
+
+
+def test_train_calls_back_after_every_update():
+    seen = []
+    model = vglib.build_mlp(2, 8, "tanh", "xavier", 0, in_features=4)
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+    vglib.train(model, x, y, steps=5, lr=1e-2, callback=lambda step, m: seen.append((step, m is model)))
+    assert seen == [(k, True) for k in range(1, 6)]
