@@ -8,7 +8,7 @@ from . import examples, widgets
 from ._glue import glue, rounded
 from ._seed import SeedSpread, over_seeds, seed_everything, seed_offset, shifted_seed, torch_seed
 from .activations import ACTIVATIONS, Activation, activation_derivative, get_activation
-from .compare import Grid, RemedyTable, TunedRuns, run_tuned, run_tuned_many
+from .compare import Grid, RemedyTable, TunedRuns, compare_tuned, run_tuned, run_tuned_many
 from .data import ADDING_BASELINE_MSE, adding_problem, probe_batch, teacher_student
 from .diagnosis import Diagnosis, Finding, diagnose, loss_stalled, verdict_matrix
 from .ensemble import EnsembleRun, train_ensemble
@@ -161,6 +161,7 @@ __all__ = [
     "chain_rule_bound",
     "chi",
     "chi_1",
+    "compare_tuned",
     "curve_explorer",
     "diagnose",
     "examples",

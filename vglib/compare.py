@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from html import escape
 from pathlib import Path
@@ -32,6 +32,7 @@ from ._tensors import to_numpy
 from .grid import (
     GRID_EVAL_EVERY,
     GRID_LRS,
+    GRID_REMEDIES,
     GRID_STEPS,
     THRESHOLDS,
     GridCell,
@@ -39,13 +40,14 @@ from .grid import (
     choose_lr,
     init_ratios,
     run_group,
+    shallow_twin,
     spread_at,
     steps_to,
 )
 from .harness import HARNESS_SEEDS, Remedy, map_in_processes
 from .tasks import harness_task
 
-__all__ = ["Grid", "RemedyTable", "TunedRuns", "run_tuned", "run_tuned_many"]
+__all__ = ["Grid", "RemedyTable", "TunedRuns", "compare_tuned", "run_tuned", "run_tuned_many"]
 
 
 @dataclass(frozen=True)
@@ -278,10 +280,16 @@ class RemedyTable:
     """``TunedRuns`` of one task side by side, with the baselines below them: the best linear model
     (least squares, or logistic regression), predicting 0 (regression) or the most frequent class
     (classification), and ``shallow`` (the one-hidden-layer network of equal parameter count, tuned
-    on the same grid) where given. Prints as text, shows as an HTML table in a notebook."""
+    on the same grid) where given; with ``grid``, a last column gives the grid's own runs at each
+    row's learning rate, which differ from the table's where training is chaotic (the same
+    arithmetic in a larger batched ensemble rounds differently). Prints as text, shows as an HTML
+    table in a notebook."""
 
-    def __init__(self, runs: Iterable[TunedRuns], *, shallow: TunedRuns | None = None):
+    def __init__(
+        self, runs: Iterable[TunedRuns], *, shallow: TunedRuns | None = None, grid: Grid | None = None
+    ):
         self.runs = list(runs)
+        self.grid = grid
         if not self.runs:
             raise ValueError("a RemedyTable needs at least one TunedRuns")
         tasks = {r.task for r in self.runs} | ({shallow.task} if shallow else set())
@@ -308,6 +316,19 @@ class RemedyTable:
             f"steps to {'accuracy' if self.metric == 'accuracy' else 'loss'} {threshold:g}",
             "runs that reach it",
         )
+        if grid is not None:
+            self.header = (*self.header, "the grid's runs at this lr")
+            self.caption += (
+                "; last column: the grid's own runs at the same learning rate, trained in a larger "
+                "batched ensemble (another rounding, so another draw where training is chaotic)"
+            )
+
+    def __getitem__(self, label: str) -> TunedRuns:
+        """The runs of the remedy (or the shallow twin) with this label."""
+        every = {r.remedy.label: r for r in [*self.runs, *([self.shallow] if self.shallow else [])]}
+        if label not in every:
+            raise KeyError(f"no row {label!r}; the table has {list(every)}")
+        return every[label]
 
     def rows(self) -> list[tuple[str, ...]]:
         rows = [self._row(r) for r in self.runs]
@@ -325,12 +346,12 @@ class RemedyTable:
                 "linear model (logistic regression)": t.linear_baseline(),
                 "most frequent class": float((to_numpy(t.test[1]) == counts.argmax()).mean()),
             }
-        rows += [(name, "", "", "", f"{value:.3f}", "", "") for name, value in baselines.items()]
+        blank = ("",) * (len(self.header) - 5)
+        rows += [(name, "", "", "", f"{value:.3f}", *blank) for name, value in baselines.items()]
         return rows
 
-    @staticmethod
-    def _row(r: TunedRuns, ratios: bool = True) -> tuple[str, ...]:
-        return (
+    def _row(self, r: TunedRuns, ratios: bool = True) -> tuple[str, ...]:
+        row = (
             r.remedy.label,
             f"{r.remedy.lr:.1e}",
             r.ratio_text("weight") if ratios else "",
@@ -339,6 +360,9 @@ class RemedyTable:
             r.steps_text(),
             f"{r.n_reached}/{len(r.cells)}",
         )
+        if self.grid is None:
+            return row
+        return (*row, self.grid.runs(r.remedy.label, r.task).final_text())
 
     def __repr__(self) -> str:
         rows = [self.header, *self.rows()]
@@ -361,3 +385,38 @@ class RemedyTable:
             f'<table class="vg-harness"><caption>{escape(self.caption)}</caption>'
             f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
         )
+
+
+def compare_tuned(
+    grid: Grid,
+    remedies: Sequence[str | Remedy],
+    task: str,
+    *,
+    records: Callable[..., dict[str, TunedRuns]] | None = None,
+    seeds: Sequence[int] = HARNESS_SEEDS,
+    steps: int = GRID_STEPS,
+) -> RemedyTable:
+    """The table a chapter shows: ``remedies`` (labels of ``GRID_REMEDIES``, or ``Remedy`` values
+    the grid holds under their label) and the shallow twin, each at the learning rate ``grid``
+    chose for it on ``task``, trained over ``seeds`` (``run_tuned_many``), with the grid's own runs
+    at that rate in the last column. With ``records`` (a
+    chapter's ``vglib.Records``) the runs are recorded under the name ``"tuned <task>"``."""
+    catalogue = {r.label: r for r in GRID_REMEDIES}
+    chosen = []
+    for remedy in remedies:
+        if isinstance(remedy, str):
+            if remedy not in catalogue:
+                raise ValueError(
+                    f"no remedy {remedy!r} in vglib.grid.GRID_REMEDIES; it has: {sorted(catalogue)}"
+                )
+            remedy = catalogue[remedy]
+        chosen.append(grid.tuned(remedy, task))
+    rows = [*chosen, grid.tuned(shallow_twin(task), task)]
+    seeds = tuple(seeds)
+
+    def compute() -> dict[str, TunedRuns]:
+        return run_tuned_many(rows, task, seeds=seeds, steps=steps)
+
+    config = (rows, seeds) if steps == GRID_STEPS else (rows, seeds, steps)
+    done = compute() if records is None else records(f"tuned {task}", compute, config=config)
+    return RemedyTable([done[r.label] for r in chosen], shallow=done[rows[-1].label], grid=grid)

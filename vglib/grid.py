@@ -69,8 +69,14 @@ def _catalogue() -> tuple[Remedy, ...]:
         R("leaky ReLU, He", activation="leaky_relu"),
         R("SELU, LeCun", activation="selu", init="lecun"),
         R("SiLU, He", activation="silu"),
+        R("PReLU, He", activation="prelu"),
+        R("ELU, He", activation="elu"),
+        R("ELU, LeCun", activation="elu", init="lecun"),
+        R("GELU, He", activation="gelu"),
         R("ReLU, default + batch norm", init="default", norm="batch"),
         R("ReLU, default + layer norm", init="default", norm="layer"),
+        R("sigmoid, default + batch norm", activation="sigmoid", init="default", norm="batch"),
+        R("sigmoid, default + layer norm", activation="sigmoid", init="default", norm="layer"),
         R("ReLU, default + residual", init="default", skip="residual", residual_scale=scale),
         R("ReLU, He + residual, scale 1", skip="residual"),
         R("ReLU, He + residual", skip="residual", residual_scale=scale),
@@ -90,6 +96,23 @@ def _catalogue() -> tuple[Remedy, ...]:
         ),  # CaiT's start beyond 24 blocks
         R("ReLU, default + RMS norm", init="default", norm="rms"),
         R("ReLU, default + group norm", init="default", norm="group"),
+        # depth 50 (Skip connections)
+        R("ReLU, default init, depth 50", init="default", depth=50),
+        R("ReLU, He, depth 50", depth=50),
+        R(
+            "ReLU, default + residual, depth 50",
+            init="default",
+            depth=50,
+            skip="residual",
+            residual_scale=1 / math.sqrt(50),
+        ),
+        R(
+            "ReLU, default + residual + batch norm, depth 50",
+            init="default",
+            depth=50,
+            skip="residual",
+            norm="batch",
+        ),
         R("sigmoid, default + Adam", activation="sigmoid", init="default", optimizer="adam"),
         R("sigmoid, Xavier + Adam", activation="sigmoid", init="xavier", optimizer="adam"),
         R("ReLU, Var(W) = 1/n + Adam", init="lecun", optimizer="adam"),
@@ -98,7 +121,8 @@ def _catalogue() -> tuple[Remedy, ...]:
 
 GRID_REMEDIES = _catalogue()
 """The remedies of the Remedies part, each alone and in the combinations practitioners use, all at
-the harness's depth and width (30 x 64), SGD with momentum 0.9 unless the label says Adam."""
+the harness's depth and width (30 x 64) unless the label gives another depth, SGD with momentum 0.9
+unless the label says Adam."""
 
 SHALLOW_TWIN = "shallow twin: 1 hidden layer, ReLU, He"
 """The label of ``shallow_twin``'s rows."""

@@ -221,7 +221,7 @@ class NoisyBatchNorm(nn.BatchNorm1d):
         return z * scale + offset
 
 
-def _norm_module(norm: str, width: int) -> nn.Module | None:
+def _norm_module(norm: str, width: int, noise: float = NOISY_BN_STRENGTH) -> nn.Module | None:
     # affine=False keeps the comparison like with like: the same trainable weights as the plain net
     if norm == "none":
         return None
@@ -230,7 +230,7 @@ def _norm_module(norm: str, width: int) -> nn.Module | None:
     if norm == "rms":
         return nn.RMSNorm(width, elementwise_affine=False)
     if norm == "noisy_batch":
-        return NoisyBatchNorm(width)
+        return NoisyBatchNorm(width, noise)
     if norm == "group":
         groups = max(g for g in range(1, 9) if width % g == 0)
         return nn.GroupNorm(groups, width, affine=False)
@@ -344,6 +344,7 @@ def build_network(
     gate_bias: float = -2.0,
     in_features: int | None = None,
     out_features: int = 1,
+    noise: float = NOISY_BN_STRENGTH,
 ) -> nn.Sequential:
     """``build_mlp`` with the architectural remedies: normalisation and skip connections.
 
@@ -359,6 +360,7 @@ def build_network(
     from the same seed in every variant, so a plain net and its residual or highway version start
     from the same weights and differ only in the architecture. Norm layers have no affine
     parameters. Highway gates are drawn with ``init`` too, and their biases set to ``gate_bias``.
+    ``noise`` is ``NoisyBatchNorm``'s strength where ``norm="noisy_batch"``.
     """
     check_positive_int("depth", depth)
     check_positive_int("width", width)
@@ -373,7 +375,7 @@ def build_network(
     modules: OrderedDict[str, nn.Module] = OrderedDict()
     for index in range(depth):
         linear = mlp.get_submodule(f"linear{index + 1}")
-        layer_norm = _norm_module(norm, width)
+        layer_norm = _norm_module(norm, width, noise)
         if index == 0 or skip == "none":
             modules[f"linear{index + 1}"] = linear
             if layer_norm is not None:

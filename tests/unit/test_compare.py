@@ -99,3 +99,30 @@ def test_many_tuned_runs_are_the_same_in_worker_processes():
     one = vglib.run_tuned_many([TINY, other], "digits", steps=10, processes=1)
     two = vglib.run_tuned_many([TINY, other], "digits", steps=10, processes=2)
     assert list(one) == ["tiny tanh", "tiny relu"] and one == two
+
+
+def test_a_chapter_table_runs_the_named_remedies_and_the_shallow_twin_at_their_chosen_rates(tmp_path):
+    labels = ["ReLU, He", "tanh, Xavier"]
+    twin = vglib.grid.shallow_twin("digits")
+    cells = [GridCell(label, "digits", lr, s, (10,), (0.9 if lr == GRID_LRS[1] else 0.5,), (0.9,))
+             for label in [*labels, twin.label] for lr in GRID_LRS for s in range(3)]  # fmt: skip
+    path = tmp_path / "grid.json"
+    path.write_text(json.dumps({"cells": cells_to_json(cells), "init": []}))
+    grid = vglib.Grid.load(path)
+    recorded = []
+
+    def records(name, compute, config):
+        recorded.append((name, config))
+        return compute()
+
+    table = vglib.compare_tuned(grid, labels, "digits", records=records, steps=10, seeds=(0,))
+    rows = recorded[0][1][0]
+    assert [r.label for r in rows] == [*labels, twin.label] and all(r.lr == GRID_LRS[1] for r in rows)
+    assert rows[0].activation == "relu" and rows[1].activation == "tanh"  # the catalogue's remedies
+    assert recorded[0][0] == "tuned digits" and recorded[0][1][1:] == ((0,), 10)
+    assert [r.remedy for r in table.runs] == rows[:2] and table.shallow.remedy == rows[2]
+    assert table["tanh, Xavier"].cells == tuple(
+        run_group(rows[1], "digits", lrs=[rows[1].lr], seeds=(0,), steps=10)
+    )
+    with pytest.raises(ValueError, match="no remedy 'ReLU, Hee'"):
+        vglib.compare_tuned(grid, ["ReLU, Hee"], "digits")

@@ -33,8 +33,10 @@ def test_gradient_ratio_is_the_first_minibatch_gradient_ratio_at_init():
 
 
 def test_steps_to_threshold_and_final_loss_come_from_the_held_out_curve():
-    result = vglib.run_harness(
-        vglib.Remedy("tanh", activation="tanh", init="xavier", depth=4, width=32), steps=60
+    result = vglib.run_harness(  # a threshold the first evaluations miss and a later one meets
+        vglib.Remedy("tanh", activation="tanh", init="xavier", depth=4, width=32, lr=1e-2),
+        steps=100,
+        threshold=0.85,
     )
     history = result.history
     assert result.final_loss == pytest.approx(history.eval_loss[-1])
@@ -42,7 +44,7 @@ def test_steps_to_threshold_and_final_loss_come_from_the_held_out_curve():
     first = int(np.argmax(history.eval_loss <= result.threshold))
     assert result.steps_to_threshold == history.eval_steps[first]
     assert np.all(history.eval_loss[:first] > result.threshold)
-    assert len(history.loss) == 60 and history.monitor is not None
+    assert first > 0 and len(history.loss) == 100 and history.monitor is not None
 
 
 def test_a_vanishing_configuration_measures_as_vanishing_and_does_not_train():
@@ -51,7 +53,8 @@ def test_a_vanishing_configuration_measures_as_vanishing_and_does_not_train():
     )
     healthy = vglib.run_harness(vglib.Remedy("relu he", depth=20), steps=100)
     assert vanishing.gradient_ratio < 1e-12
-    assert not vanishing.trains and vanishing.final_loss > 0.9  # near the loss of predicting 0
+    _, (_, y_test) = vglib.harness_data()
+    assert not vanishing.trains and vanishing.final_loss > 0.97 * float(y_test.pow(2).mean())  # predicting 0
     assert 1e-2 < healthy.gradient_ratio < 1e2
 
 
@@ -211,7 +214,8 @@ def test_linear_baseline_is_the_held_out_loss_of_least_squares():
     test_design = torch.cat([x_test.double(), torch.ones(len(x_test), 1, dtype=torch.float64)], dim=1)
     expected = float(((test_design @ coef - y_test.double()) ** 2).mean())
     assert vglib.harness_linear_baseline() == pytest.approx(expected, rel=1e-9)
-    assert vglib.harness_linear_baseline() < vglib.HARNESS_THRESHOLD < float(y_test.pow(2).mean())
+    # the teacher task has no linear part: least squares does no better than predicting 0
+    assert vglib.HARNESS_THRESHOLD < 0.97 * float(y_test.pow(2).mean()) < vglib.harness_linear_baseline()
 
 
 def test_gradient_ratio_at_a_later_step_is_measured_on_the_trained_weights():
