@@ -572,8 +572,14 @@ class HarnessTable:
         return (r.remedy.label, r.ratio_text(), steps, f"{r.n_trained}/{len(r.runs)}", r.loss_text())
 
     def rows(self) -> list[tuple[str, ...]]:
-        """Each result as formatted cells."""
-        return [self._seeded(r) if self.seeded else self._one(r) for r in self.results]
+        """Each result as formatted cells, then the baselines of the harness task in the final-loss
+        column: the best linear map (least squares) and predicting 0."""
+        rows = [self._seeded(r) if self.seeded else self._one(r) for r in self.results]
+        task = harness_task(HARNESS_TASK)
+        blank = ("",) * (len(self.header) - 2)
+        rows.append(("linear model (least squares)", *blank, f"{task.linear_baseline():.3f}"))
+        rows.append(("predicting 0", *blank, f"{task.predict_zero_loss():.3f}"))
+        return rows
 
     def __repr__(self) -> str:
         rows = [self.header, *self.rows()]

@@ -19,8 +19,10 @@ __all__ = [
     "chain_rule_bound",
     "chi",
     "chi_1",
+    "chi_normalised",
     "fixed_point",
     "gaussian_expectation",
+    "gaussian_moments",
     "gradient_depth_scale",
     "predicted_gradient_norms",
     "relu_gradient_factor",
@@ -172,6 +174,29 @@ def fixed_point(activation: str, sigma_w2: float, sigma_b2: float = 0.0, q0: flo
         middle = 0.5 * (low + high)
         low, high = (middle, high) if excess(middle) > 0 else (low, middle)
     return 0.5 * (low + high)
+
+
+def gaussian_moments(activation: str, q: float = 1.0) -> tuple[float, float, float]:
+    """``(E[phi(z)], Var[phi(z)], E[phi'(z)^2])`` for ``z ~ N(0, q)``, in float64 by quadrature: the
+    mean a layer passes on, its spread, and the factor (``chi`` at ``sigma_w2 = 1``) by which the
+    activation multiplies a squared gradient norm."""
+    if not q > 0:
+        raise ValueError(f"q must be > 0, got {q!r}")
+    value, _ = _phi(activation)
+    mean = gaussian_expectation(value, q)
+    second = gaussian_expectation(lambda x: value(x) ** 2, q)
+    return mean, second - mean**2, chi(activation, 1.0, q)
+
+
+def chi_normalised(activation: str, norm: str) -> float:
+    """The factor by which one normalised layer (``z = W h``, ``u = norm(z)``, ``h' = phi(u)``)
+    multiplies the expected squared norm of a backpropagated gradient, for a large batch and width:
+    ``E[phi'(u)^2] / Var[phi(u)]`` for batch norm (the batch mean is subtracted) and
+    ``E[phi'(u)^2] / E[phi(u)^2]`` for layer norm, ``u ~ N(0, 1)``; ``sigma_w2`` cancels
+    (Yang et al. 2019 derive the batch-norm case; ReLU gives ``pi / (pi - 1)``)."""
+    check_choice("norm", norm, ("batch", "layer"))
+    mean, variance, slope2 = gaussian_moments(activation, 1.0)
+    return slope2 / variance if norm == "batch" else slope2 / (variance + mean**2)
 
 
 def chi_1(activation: str, sigma_w2: float, sigma_b2: float = 0.0) -> float:

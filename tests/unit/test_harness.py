@@ -86,7 +86,13 @@ def test_table_shows_every_result_as_text_and_html():
     table = vglib.HarnessTable(results)
     text = repr(table)
     assert "a <tanh>" in text and "b relu" in text and "steps to loss 0.5" in text
-    assert "&lt;tanh&gt;" in table._repr_html_() and table._repr_html_().count("<tr>") == 3
+    html = table._repr_html_()
+    assert "&lt;tanh&gt;" in html and html.count("<tr>") == 5  # the header, 2 results, 2 baselines
+    linear, zero = table.rows()[-2:]
+    assert linear[0].startswith("linear model") and float(linear[-1]) == pytest.approx(
+        vglib.harness_linear_baseline(), abs=5e-4
+    )
+    assert zero[0] == "predicting 0" and len(zero) == len(table.header)
     dicts = table.as_dicts()
     assert dicts[1]["activation"] == "relu" and dicts[1]["final_loss"] == results[1].final_loss
 

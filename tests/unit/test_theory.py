@@ -147,3 +147,28 @@ def test_gaussian_expectation_is_exact_across_the_kink_at_zero():
     # batch norm's gradient factor for ReLU (Yang et al. 2019): E[phi'^2] / Var[phi] = pi / (pi - 1)
     second = vglib.gaussian_expectation(lambda x: np.maximum(x, 0.0) ** 2, 1.0)
     assert 0.5 / (second - relu**2) == pytest.approx(math.pi / (math.pi - 1), abs=1e-12)
+
+
+def test_gaussian_moments_and_normalised_chi_against_closed_forms():
+    import math
+
+    mean, var, slope2 = vglib.gaussian_moments("relu")  # z ~ N(0, 1): E[relu] = 1/sqrt(2 pi), E[relu^2] = 1/2
+    assert mean == pytest.approx(1 / math.sqrt(2 * math.pi), rel=1e-9)
+    assert var == pytest.approx(0.5 - 1 / (2 * math.pi), rel=1e-9) and slope2 == pytest.approx(0.5, rel=1e-9)
+    assert vglib.chi_normalised("relu", "batch") == pytest.approx(
+        math.pi / (math.pi - 1), rel=1e-9
+    )  # Yang et al.
+    assert vglib.chi_normalised("relu", "layer") == pytest.approx(1.0, rel=1e-9)
+    assert vglib.chi_normalised("linear", "batch") == pytest.approx(
+        1.0, rel=1e-9
+    )  # Poincare: equality if affine
+    for name in ("tanh", "sigmoid", "gelu", "silu", "elu"):  # Gaussian Poincare: chi_BN >= 1
+        assert vglib.chi_normalised(name, "batch") >= 1.0
+    mean, var, _ = vglib.gaussian_moments("tanh", q=4.0)
+    assert abs(mean) < 1e-12 and var == pytest.approx(
+        vglib.variance_propagation("tanh", 1.0, q0=4.0, depth=2)[1]
+    )
+    with pytest.raises(ValueError, match="'batch', 'layer'"):
+        vglib.chi_normalised("relu", "group")
+    with pytest.raises(ValueError, match="q must be > 0"):
+        vglib.gaussian_moments("relu", q=0.0)
