@@ -83,9 +83,19 @@ def pinned_path_available(vendor: str) -> bool:
     )
 
 
+LONG_LIVE = {"choosing_a_remedy"}
+"""Chapters whose live run takes longer than a test may (Choosing a remedy trains 78 rows of three
+networks each: about 15 minutes on two cores). The daily sample leaves them out; their rows are
+re-checked by ``test_recorded_tuned_runs_agree_with_a_fresh_run_before_chaos_sets_in`` (which samples
+the rows of every chapter) and the grid they come from by ``tests/test_harness_grid.py``;
+``VGLIB_RECHECK_ALL=1`` re-runs them too, as after ``make record``."""
+
+
 def chapters_to_recheck() -> list[Path]:
     chapters = sorted(recorded_chapters())
-    return chapters if os.environ.get("VGLIB_RECHECK_ALL") == "1" else sample(chapters, 1)
+    if os.environ.get("VGLIB_RECHECK_ALL") == "1":
+        return chapters
+    return sample([c for c in chapters if c.stem not in LONG_LIVE], 1)
 
 
 @pytest.mark.parametrize("chapter", chapters_to_recheck(), ids=lambda p: p.stem)
