@@ -305,13 +305,14 @@ class RemedyTable:
         self.caption = (
             f"{self.task}: median (min–max) over {'/'.join(map(str, counts))} seeds at the learning rate "
             f"chosen on the validation split from {len(GRID_LRS)} values, {GRID_STEPS} steps; "
-            f"gradient ratios on each network's first minibatch before any update"
+            f"gradient ratios on each network's first minibatch before any update (the backpropagated "
+            f"one is vglib.diagnose's fit of ||dL/dh|| over every called layer, not two layers alone)"
         )
         self.header = (
             "remedy",
             "lr",
             "‖∂L/∂W₁‖/‖∂L/∂W_L‖ (weights)",
-            "‖∂L/∂h₁‖/‖∂L/∂h_L‖ (backprop)",
+            "‖∂L/∂h₁‖/‖∂L/∂h_L‖ (backprop, fitted over layers)",
             name,
             f"steps to {'accuracy' if self.metric == 'accuracy' else 'loss'} {threshold:g}",
             "runs that reach it",

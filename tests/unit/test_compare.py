@@ -86,7 +86,7 @@ def test_the_table_puts_the_baselines_beside_the_remedies():
     assert rows[-1][0] == "predicting 0" and float(rows[-1][4]) == pytest.approx(
         task.predict_zero_loss(), abs=1e-3
     )
-    assert "(weights)" in table.header[2] and "(backprop)" in table.header[3]
+    assert "(weights)" in table.header[2] and "(backprop, fitted over layers)" in table.header[3]
     assert f"{len(GRID_LRS)} values" in repr(table) and "<table" in table._repr_html_()
     digits = vglib.RemedyTable([runs_of((0.9, 0.95), "digits")]).rows()
     assert digits[-1][0] == "most frequent class" and 0.05 < float(digits[-1][4]) < 0.2  # ten classes
