@@ -153,8 +153,9 @@ class GradientExplorer:
         )
 
 
-STATIC_DEPTHS = (*range(1, 11), 15, 20, 30, 40, 50, 60, 70, 80, 90, 100)
-"""Depths the kernel-free explorer offers: every depth to 10, then coarser steps."""
+STATIC_DEPTHS = (1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 40, 50, 60, 80, 100)
+"""Depths the kernel-free explorer offers: every depth to 6, then coarser steps (16 depths, so that
+the page's precomputed frames for every activation and init stay within its size budget)."""
 
 
 class LiveExplorer:
