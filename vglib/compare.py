@@ -73,7 +73,7 @@ class TunedRuns:
     @property
     def metric(self) -> str:
         """``"mse"`` (lower is better) or ``"accuracy"`` (higher is better)."""
-        return "accuracy" if self.task == "digits" else "mse"
+        return harness_task(self.task).metric
 
     @property
     def threshold(self) -> float:
@@ -242,7 +242,7 @@ class Grid:
 
     def lr(self, label: str, task: str) -> float:
         """The learning rate chosen for ``label`` on ``task`` on the validation split."""
-        return choose_lr(self.group(label, task), "accuracy" if task == "digits" else "mse")
+        return choose_lr(self.group(label, task), harness_task(task).metric)
 
     def tuned(self, remedy: Remedy, task: str) -> Remedy:
         """``remedy`` (found in the grid by its label) at its chosen learning rate."""
