@@ -166,6 +166,13 @@ class HarnessResult:
         hidden = hidden_weight_layers(self.remedy.build(self.seed))
         return _ratio_at(self.history.monitor.table(), hidden, step)  # type: ignore[union-attr]
 
+    def first_step_gradients(self) -> dict[str, float]:
+        """Every monitored layer's gradient norm (its weight and bias as one vector) at the first
+        step, before any update, as the optimiser saw it (after any clipping): ``{layer: norm}``."""
+        table = self.history.monitor.table()  # type: ignore[union-attr]
+        rows = (table.step == 0) & (table.kind == "parameters")
+        return {str(n): float(g) for n, g in zip(table.layer[rows], table["grad_norm"][rows], strict=True)}
+
 
 @dataclass(frozen=True)
 class HarnessRuns:

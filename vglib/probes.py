@@ -14,6 +14,7 @@ pooling or dropout in between).
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -129,6 +130,9 @@ def gradient_profile(
     x: Inputs,
     y: torch.Tensor,
     loss_fn: LossFn | None = None,
+    *,
+    clip_norm: float | None = None,
+    clip_value: float | None = None,
 ) -> GradientProfile:
     """Per-layer weight- and activation-gradient norms of ``model`` on one batch, at its current weights.
 
@@ -139,9 +143,17 @@ def gradient_profile(
     ``loss_fn(output, y)`` defaults to MSE for float ``y`` and cross-entropy for integer ``y``.
     Parametrised layers (``weight_norm``, ``spectral_norm``, ``orthogonal``) report the gradient
     of the weight the forward pass used.
+
+    ``clip_norm`` and ``clip_value`` report the weight gradients as an optimiser would see them
+    after ``vglib.train`` clipped them (``torch.nn.utils.clip_grad_norm_`` over every trainable
+    parameter, then ``clip_grad_value_``). Clipping acts on parameter gradients only: the
+    activation gradients ``||dL/dh_l||`` are those of the backward pass, unclipped.
     """
     layers = _measured_layers(model, "gradient_profile")
     check_inputs(x, y)
+    for name, value in (("clip_norm", clip_norm), ("clip_value", clip_value)):
+        if value is not None and not (isinstance(value, int | float) and value > 0):
+            raise ValueError(f"{name} must be a number > 0 or None, got {value!r}")
     x, y = usable(x), usable(y)
     names_of = {id(m): n for n, m in layers.items()}
     calls: list[tuple[str, torch.Tensor]] = []
@@ -171,11 +183,22 @@ def gradient_profile(
             weights = [layers[name].weight for name in called]  # inside cached(): the weights used
             block_outputs = [inp for _, inp in calls[1:]]
             targets = [t for t in (*weights, *block_outputs) if t.requires_grad]
-            grads = torch.autograd.grad(loss, targets, allow_unused=True) if targets else ()
+            # the norm clip scales by the norm of every trainable parameter's gradient
+            others = [p for p in model.parameters() if p.requires_grad] if clip_norm is not None else []
+            grads = torch.autograd.grad(loss, targets + others, allow_unused=True) if targets else ()
     finally:
         for handle in handles:
             handle.remove()
-    grad_of = {id(t): g for t, g in zip(targets, grads, strict=True)}
+    grad_of = {id(t): g for t, g in zip(targets, grads[: len(targets)], strict=True)}
+    scale = _norm_clip_coefficient(grads[len(targets) :], clip_norm)
+    for w in weights:  # as vglib.train clips before the step: the norm, then the values
+        g = grad_of.get(id(w))
+        if g is not None and scale is not None:
+            g = g * scale
+        if g is not None and clip_value is not None:
+            g = g.clamp(-clip_value, clip_value)
+        if id(w) in grad_of:
+            grad_of[id(w)] = g
 
     def norm_of(t: torch.Tensor) -> float:
         return _norm(grad_of[id(t)]) if t.requires_grad else float("nan")
@@ -189,6 +212,18 @@ def gradient_profile(
         head_weight_grad_norm=float(weight_norms[-1]),
         loss=float(loss.detach()),
     )
+
+
+def _norm_clip_coefficient(
+    parameter_grads: Sequence[torch.Tensor | None], clip_norm: float | None
+) -> float | None:
+    """The factor ``torch.nn.utils.clip_grad_norm_`` multiplies every gradient by, for the
+    gradients of every trainable parameter; ``None`` without a norm clip."""
+    if clip_norm is None:
+        return None
+    present = [g for g in parameter_grads if g is not None]
+    total = float(torch.nn.utils.get_total_norm(present)) if present else 0.0
+    return min(1.0, clip_norm / (total + 1e-6))
 
 
 @dataclass(frozen=True)

@@ -151,7 +151,13 @@ def encode(value: Any) -> Any:
             )
         return {
             "__dataclass__": name,
-            "fields": {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)},
+            "fields": {
+                f.name: encode(getattr(value, f.name))
+                for f in dataclasses.fields(value)
+                # a field added after recordings were made is written only where it is set, so
+                # that a fresh run of an old configuration encodes exactly as its recording
+                if not (f.metadata.get("recorded_if_set") and getattr(value, f.name) is None)
+            },
         }
     if isinstance(value, tuple):
         return {"__tuple__": [encode(v) for v in value]}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -25,12 +25,21 @@ OPTIMIZERS = ("sgd", "adam")
 
 @dataclass(frozen=True)
 class TrainingHistory:
-    """Training loss at every step, and the loss on held-out data every ``eval_every`` steps."""
+    """Training loss at every step, and the loss on held-out data every ``eval_every`` steps.
+
+    ``grad_norm``, where ``train(..., record_grad_norm=True)`` asked for it, is the global norm of
+    the gradient (every trainable parameter's gradient as one vector) at every step, *before* any
+    clipping: what ``torch.nn.utils.clip_grad_norm_`` returns, and what Pascanu et al. (2013) advise
+    looking at to choose a clipping threshold. It is computed in float64 from the float32
+    gradients, so it stays finite where ``clip_grad_norm_``'s float32 norm overflows to inf (any
+    gradient norm above about 1e19, whose square exceeds float32's range)."""
 
     loss: np.ndarray
     eval_steps: np.ndarray
     eval_loss: np.ndarray
     monitor: GradientMonitor | RecordedMonitor | None = None
+    # recorded only where set: recordings made before the field existed stay valid
+    grad_norm: np.ndarray | None = field(default=None, metadata={"recorded_if_set": True})
 
     @property
     def final_eval_loss(self) -> float:
@@ -57,6 +66,7 @@ def train(
     monitor_every: int | None = None,
     histograms: bool = False,
     callback: Callable[[int, nn.Module], None] | None = None,
+    record_grad_norm: bool = False,
 ) -> TrainingHistory:
     """Train ``model`` in place on ``(x, y)`` by minibatch gradient descent; returns its history.
 
@@ -71,6 +81,8 @@ def train(
     ``monitor_every`` a ``GradientMonitor`` records every that many steps (``histograms`` too, if
     asked) and comes back as ``history.monitor``. ``callback(step, model)``, if given, is called
     after every update with the number of updates made so far (e.g. ``vglib.CovariateShift``).
+    ``record_grad_norm=True`` keeps every step's gradient norm before clipping as
+    ``history.grad_norm``.
     """
     check_positive_int("steps", steps)
     check_positive_int("batch_size", batch_size)
@@ -93,7 +105,7 @@ def train(
         else torch.optim.SGD(params, lr=lr, momentum=momentum)
     )
     generator = seeded_generator(seed)
-    losses, eval_steps, eval_losses = [], [], []
+    losses, eval_steps, eval_losses, grad_norms = [], [], [], []
     monitor = None
     if monitor_every is not None:
         monitor = GradientMonitor(model, opt, every=monitor_every, histograms=histograms)
@@ -106,6 +118,8 @@ def train(
             opt.zero_grad(set_to_none=True)
             loss = default_loss(model(x[index]), y[index])
             loss.backward()
+            if record_grad_norm:  # before clipping
+                grad_norms.append(_global_norm_float64(params))
             if clip_norm is not None:
                 nn.utils.clip_grad_norm_(params, clip_norm)
             if clip_value is not None:
@@ -118,4 +132,18 @@ def train(
                 with torch.no_grad(), buffers_kept(model):  # held-out data never enters running stats
                     eval_steps.append(step + 1)
                     eval_losses.append(float(default_loss(model(x_eval), y_eval)))
-    return TrainingHistory(np.array(losses), np.array(eval_steps), np.array(eval_losses), monitor)
+    return TrainingHistory(
+        np.array(losses),
+        np.array(eval_steps),
+        np.array(eval_losses),
+        monitor,
+        np.array(grad_norms) if record_grad_norm else None,
+    )
+
+
+def _global_norm_float64(params: list[torch.Tensor]) -> float:
+    """The norm of every parameter's gradient as one vector, summed in float64."""
+    squares = [
+        torch.linalg.vector_norm(p.grad, dtype=torch.float64) ** 2 for p in params if p.grad is not None
+    ]
+    return float(torch.stack(squares).sum().sqrt()) if squares else 0.0

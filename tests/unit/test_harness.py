@@ -246,3 +246,24 @@ def test_gradient_ratio_at_a_later_step_is_measured_on_the_trained_weights():
     assert result.gradient_ratio_at(20) == pytest.approx(expected, rel=1e-4)
     with pytest.raises(ValueError, match="not 7"):
         result.gradient_ratio_at(7)
+
+
+def test_first_step_gradients_are_each_layers_gradient_on_the_first_minibatch_after_clipping():
+    remedy = vglib.Remedy(
+        "sigmoid clipped", activation="sigmoid", init="default", depth=5, width=16, clip_norm=1e-4
+    )
+    result = vglib.run_harness(remedy, steps=3)
+    x_first, y_first = vglib.harness_first_batch(0)
+    model = remedy.build(0)
+    F.mse_loss(model(x_first), y_first).backward()
+    torch.nn.utils.clip_grad_norm_(list(model.parameters()), 1e-4)  # what the optimiser saw
+    grads = result.first_step_gradients()
+    assert set(grads) == {f"linear{i}" for i in range(1, 6)} | {"head"}
+    for name, value in grads.items():
+        by_hand = math.sqrt(
+            sum(float(p.grad.double().pow(2).sum()) for p in model.get_submodule(name).parameters())
+        )
+        assert value == pytest.approx(by_hand, rel=1e-5), name
+    assert math.sqrt(sum(v**2 for v in grads.values())) == pytest.approx(
+        1e-4, rel=1e-3
+    )  # clipped to the threshold

@@ -374,3 +374,45 @@ def test_train_calls_back_after_every_update():
     x, y = torch.randn(32, 4), torch.randn(32, 1)
     vglib.train(model, x, y, steps=5, lr=1e-2, callback=lambda step, m: seen.append((step, m is model)))
     assert seen == [(k, True) for k in range(1, 6)]
+
+
+@pytest.mark.parametrize(
+    "clip",
+    [{"clip_norm": 1e-2}, {"clip_value": 1e-3}, {"clip_norm": 0.05, "clip_value": 2e-3}, {"clip_norm": 1e6}],
+)
+def test_clipped_profile_is_what_the_optimiser_sees_after_torch_clips(clip):
+    model = vglib.build_mlp(5, 16, "tanh", "xavier", seed=0, in_features=7, out_features=2)
+    model.linear3.bias.requires_grad_(False)  # a frozen parameter takes no part in the norm
+    x, y = batch(7, 2)
+    prof = vglib.gradient_profile(model, x, y, **clip)
+    plain = vglib.gradient_profile(model, x, y)
+    # torch's own clipping, after a plain backward pass, over every trainable parameter
+    F.mse_loss(model(x), y).backward()
+    params = [p for p in model.parameters() if p.requires_grad]
+    if "clip_norm" in clip:
+        nn.utils.clip_grad_norm_(params, clip["clip_norm"])
+    if "clip_value" in clip:
+        nn.utils.clip_grad_value_(params, clip["clip_value"])
+    expected = [model.get_submodule(f"linear{i}").weight.grad.norm().item() for i in range(1, 6)]
+    np.testing.assert_allclose(prof.weight_grad_norms, expected, rtol=1e-5)
+    assert prof.head_weight_grad_norm == pytest.approx(model.head.weight.grad.norm().item(), rel=1e-5)
+    np.testing.assert_array_equal(prof.activation_grad_norms, plain.activation_grad_norms)  # never clipped
+    if clip == {"clip_norm": 1e6}:  # a threshold above the norm leaves every gradient alone
+        np.testing.assert_array_equal(prof.weight_grad_norms, plain.weight_grad_norms)
+    else:
+        assert (prof.weight_grad_norms < plain.weight_grad_norms).any()
+
+
+def test_norm_clipping_scales_every_layer_by_one_factor_and_bad_thresholds_are_refused():
+    model = vglib.build_mlp(8, 16, "sigmoid", "default", seed=0, in_features=4)
+    x, y = batch(4)
+    plain = vglib.gradient_profile(model, x, y)
+    clipped = vglib.gradient_profile(model, x, y, clip_norm=1e-6)
+    factors = clipped.weight_grad_norms / plain.weight_grad_norms
+    np.testing.assert_allclose(factors, factors[0], rtol=1e-5)  # the ratio of any two layers is kept
+    assert factors[0] < 1e-3
+    for bad in (0, -1.0, "1"):
+        with pytest.raises(ValueError, match="clip_norm"):
+            vglib.gradient_profile(model, x, y, clip_norm=bad)
+        with pytest.raises(ValueError, match="clip_value"):
+            vglib.gradient_profile(model, x, y, clip_value=bad)

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 import vglib
 from vglib.records import decode, encode, fingerprint
@@ -160,3 +161,19 @@ def test_a_trained_model_is_recorded_and_restored_bit_for_bit():
     twin = vglib.load_model_state(vglib.build_recurrent("lstm", 8, seed=5), state)
     for (name, a), (_, b) in zip(model.state_dict().items(), twin.state_dict().items(), strict=True):
         assert a.dtype == b.dtype and bool((a == b).all()), name
+
+
+def test_the_gradient_norm_field_is_written_only_where_it_was_recorded():
+    # recordings made before TrainingHistory.grad_norm existed must equal a fresh run's encoding
+    x = torch.linspace(-1, 1, 16).reshape(8, 2)
+    y = torch.ones(8, 1)
+    plain = vglib.train(vglib.build_mlp(1, 4, in_features=2), x, y, steps=3, lr=0.1)
+    encoded = encode(plain)
+    assert "grad_norm" not in encoded["fields"]  # as every recording made before the field
+    assert decode(encoded).grad_norm is None
+    with_norms = vglib.train(
+        vglib.build_mlp(1, 4, in_features=2), x, y, steps=3, lr=0.1, record_grad_norm=True
+    )
+    back = decode(json.loads(json.dumps(encode(with_norms))))
+    np.testing.assert_array_equal(back.grad_norm, with_norms.grad_norm)
+    assert back.grad_norm.shape == (3,)

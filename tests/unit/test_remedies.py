@@ -248,3 +248,44 @@ def test_saved_for_backward_memory_grows_with_the_batch_and_with_norm_layers():
     assert all(torch.equal(a, b) for a, b in zip(before, bn.buffers(), strict=True))
     with pytest.raises(TypeError, match="torch.Tensor"):
         vglib.saved_for_backward_megabytes(plain, x.numpy(), y)
+
+
+def _grad_norm_run(**clip):
+    model = vglib.build_mlp(3, 16, "tanh", "xavier", seed=0, in_features=4)
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 4, generator=generator), 10 * torch.randn(32, 1, generator=generator)
+    return vglib.train(model, x, y, steps=5, lr=0.05, batch_size=8, optimizer="sgd", seed=3,
+                       record_grad_norm=True, **clip)  # fmt: skip
+
+
+def test_the_gradient_norm_is_recorded_before_clipping():
+    free = _grad_norm_run()
+    assert free.grad_norm.shape == (5,)
+    # the first step's norm, by hand: the same network and the minibatch train draws first
+    model = vglib.build_mlp(3, 16, "tanh", "xavier", seed=0, in_features=4)
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 4, generator=generator), 10 * torch.randn(32, 1, generator=generator)
+    index = torch.randint(0, 32, (8,), generator=vglib._seed.generator(3))
+    F.mse_loss(model(x[index]), y[index]).backward()
+    by_hand = math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in model.parameters()))
+    assert free.grad_norm[0] == pytest.approx(by_hand, rel=1e-5)
+    clipped = _grad_norm_run(clip_norm=0.01)
+    assert clipped.grad_norm[0] == pytest.approx(free.grad_norm[0], rel=1e-6)  # before clipping
+    assert (clipped.grad_norm > 0.01).all()  # the threshold acted at every step, the record shows why
+    unrecorded = vglib.train(vglib.build_mlp(1, 4), torch.randn(4, 4), torch.randn(4, 1), steps=1, lr=0.1)
+    assert unrecorded.grad_norm is None
+
+
+def test_the_recorded_gradient_norm_stays_finite_where_float32_squares_overflow():
+    model = vglib.build_mlp(1, 4, "tanh", "xavier", seed=0, in_features=2)
+    x, y = torch.ones(8, 2), torch.full((8, 1), 1e21)  # gradients near 1e21: finite in float32, squares not
+    history = vglib.train(
+        model, x, y, steps=1, lr=1e-30, batch_size=8, optimizer="sgd", record_grad_norm=True
+    )
+    fresh = vglib.build_mlp(1, 4, "tanh", "xavier", seed=0, in_features=2)
+    F.mse_loss(fresh(x), y).backward()
+    assert math.isinf(
+        float(nn.utils.get_total_norm([p.grad for p in fresh.parameters()]))
+    )  # float32 overflows
+    by_hand = math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in fresh.parameters()))
+    assert math.isfinite(history.grad_norm[0]) and history.grad_norm[0] == pytest.approx(by_hand, rel=1e-6)
