@@ -75,7 +75,9 @@ from .probes import (
     fitted_growth,
     forward_statistics,
     gradient_profile,
+    input_gradient_by_lag,
     jacobian_singular_values,
+    recurrent_gates,
     saved_for_backward_megabytes,
 )
 from .records import Records, load_model_state, model_state, records_mode
@@ -187,6 +189,7 @@ __all__ = [
     "init_layer",
     "init_variance",
     "init_weights",
+    "input_gradient_by_lag",
     "jacobian_singular_values",
     "load_model_state",
     "loss_stalled",
@@ -208,6 +211,7 @@ __all__ = [
     "predicted_gradient_norms",
     "probe_batch",
     "records_mode",
+    "recurrent_gates",
     "register_activation",
     "relu_gradient_factor",
     "rnn_vanishing_radius",

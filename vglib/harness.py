@@ -387,12 +387,11 @@ def run_harness(
     history = replace(history, monitor=history.monitor.recorded())  # type: ignore[union-attr]
     table = history.monitor.table()
     ratio = _ratio_at(table, hidden, int(table.step.min()))
-    reached = np.nonzero(history.eval_loss <= threshold)[0]
     final = float(history.eval_loss[-1])
     return HarnessResult(
         remedy=remedy,
         gradient_ratio=ratio,
-        steps_to_threshold=int(history.eval_steps[reached[0]]) if len(reached) else None,
+        steps_to_threshold=history.steps_to(threshold),
         final_loss=final if math.isfinite(final) else math.inf,
         threshold=threshold,
         history=history,

@@ -38,7 +38,9 @@ __all__ = [
     "fitted_growth",
     "forward_statistics",
     "gradient_profile",
+    "input_gradient_by_lag",
     "jacobian_singular_values",
+    "recurrent_gates",
     "saved_for_backward_megabytes",
 ]
 
@@ -381,6 +383,84 @@ def bptt_gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> n
         loss = default_loss(output, y)
         grads = torch.autograd.grad(loss, states, allow_unused=True)
     return np.array([_norm(g) for g in grads], dtype=np.float64)
+
+
+def input_gradient_by_lag(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn | None = None
+) -> np.ndarray:
+    """``||dL/dx_t||`` over the batch for every time step of a sequence model, read backwards:
+    entry ``k`` is the gradient that reaches the input ``k`` steps before the last one.
+
+    ``x`` is ``(batch, time, features)``. Unlike :func:`bptt_gradient_norms` the model need not
+    expose its hidden states: any module that maps ``x`` to an output works (``nn.LSTM``-based
+    models, attention), because the gradient is taken with respect to the input itself. Norms are
+    computed in float64 from the float32 gradients; weights and ``.grad`` are left as they were.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    x, y = _check_tensor("x", x), _check_tensor("y", y)
+    if x.ndim != 3:
+        raise ValueError(f"x must be (batch, time, features), got shape {tuple(x.shape)}")
+    x = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        output = model(x)
+        loss = scalar_loss((loss_fn or default_loss)(scored(output, loss_fn), y))
+        (grad,) = torch.autograd.grad(loss, x)
+    norms = grad.double().pow(2).sum(dim=(0, 2)).sqrt().numpy()
+    return norms[::-1].copy()
+
+
+def recurrent_gates(cell: nn.LSTM | nn.GRU, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The gate values of a one-layer, one-directional ``nn.LSTM`` or ``nn.GRU`` with
+    ``batch_first=True`` on ``x`` (batch, time, features), each ``(batch, time, hidden)``, computed
+    from PyTorch's equations step by step (no gradient kept).
+
+    LSTM: ``"input"``, ``"forget"``, ``"output"`` gates and the candidate ``"cell"`` (PyTorch's
+    gate order i, f, g, o), with the states ``"c"`` and ``"h"``. GRU (PyTorch's form, with the
+    reset gate applied after the recurrent product, ``r * (W_hn h + b_hn)``): ``"reset"``,
+    ``"update"`` (``z``: ``h_t = (1 - z) n + z h_(t-1)``), the candidate ``"new"`` and ``"h"``.
+    """
+    if not isinstance(cell, nn.LSTM | nn.GRU):
+        raise TypeError(f"cell must be an nn.LSTM or nn.GRU, got {type(cell).__name__}")
+    if cell.num_layers != 1 or cell.bidirectional or not cell.batch_first or getattr(cell, "proj_size", 0):
+        raise ValueError(
+            "recurrent_gates reads one layer, one direction, batch_first=True and no projection; "
+            f"got num_layers={cell.num_layers}, bidirectional={cell.bidirectional}, "
+            f"batch_first={cell.batch_first}"
+        )
+    x = _check_tensor("x", x)
+    if x.ndim != 3 or x.shape[2] != cell.input_size:
+        raise ValueError(f"x must be (batch, time, {cell.input_size}), got shape {tuple(x.shape)}")
+    w_ih, w_hh = cell.weight_ih_l0, cell.weight_hh_l0
+    b_ih = cell.bias_ih_l0 if cell.bias else torch.zeros(w_ih.shape[0])
+    b_hh = cell.bias_hh_l0 if cell.bias else torch.zeros(w_hh.shape[0])
+    names = (
+        ("input", "forget", "cell", "output", "c", "h")
+        if isinstance(cell, nn.LSTM)
+        else ("reset", "update", "new", "h")
+    )
+    out: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    with torch.no_grad():
+        h = x.new_zeros(x.shape[0], cell.hidden_size)
+        c = torch.zeros_like(h)
+        for t in range(x.shape[1]):
+            from_x = x[:, t] @ w_ih.T + b_ih
+            if isinstance(cell, nn.LSTM):
+                i, f, g, o = (from_x + h @ w_hh.T + b_hh).chunk(4, dim=1)
+                i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+                c = f * c + i * g
+                h = o * torch.tanh(c)
+                step = (i, f, g, o, c, h)
+            else:
+                xr, xz, xn = from_x.chunk(3, dim=1)
+                hr, hz, hn = (h @ w_hh.T + b_hh).chunk(3, dim=1)
+                r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+                n = torch.tanh(xn + r * hn)
+                h = (1 - z) * n + z * h
+                step = (r, z, n, h)
+            for name, value in zip(names, step, strict=True):
+                out[name].append(value)
+    return {name: torch.stack(values, 1) for name, values in out.items()}
 
 
 def jacobian_singular_values(

@@ -46,6 +46,12 @@ class TrainingHistory:
         """The last held-out loss."""
         return float(self.eval_loss[-1])
 
+    def steps_to(self, level: float) -> int | None:
+        """The first evaluation step at which the held-out loss is at or below ``level``; ``None``
+        if it never is (a NaN loss never is)."""
+        reached = np.nonzero(self.eval_loss <= level)[0]
+        return int(self.eval_steps[reached[0]]) if len(reached) else None
+
 
 def train(
     model: nn.Module,

@@ -128,3 +128,93 @@ def test_teacher_student_has_unit_variance_and_one_teacher():
     assert y.var().item() == pytest.approx(1.0, abs=0.05) and not torch.equal(x[:500], x_test)
     _, y_again = vglib.teacher_student(500, seed=1)
     assert torch.equal(y_again, y_test)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_recurrent_gates_rebuild_pytorchs_states_from_the_gate_equations(kind):
+    model = vglib.build_recurrent(kind, 16, seed=0)
+    x, _ = vglib.adding_problem(32, 25, seed=4)
+    gates = vglib.recurrent_gates(model.cell, x)
+    with torch.no_grad():
+        states, last = model.cell(x)
+    torch.testing.assert_close(gates["h"], states, atol=1e-6, rtol=1e-5)
+    if kind == "lstm":
+        assert set(gates) == {"input", "forget", "cell", "output", "c", "h"}
+        torch.testing.assert_close(gates["c"][:, -1], last[1][0], atol=1e-6, rtol=1e-5)
+        # the cell update the gates describe: c_t = f_t c_(t-1) + i_t g_t
+        c_prev = torch.cat([torch.zeros_like(gates["c"][:, :1]), gates["c"][:, :-1]], 1)
+        torch.testing.assert_close(gates["c"], gates["forget"] * c_prev + gates["input"] * gates["cell"])
+    else:
+        assert set(gates) == {"reset", "update", "new", "h"}
+        h_prev = torch.cat([torch.zeros_like(gates["h"][:, :1]), gates["h"][:, :-1]], 1)
+        z = gates["update"]
+        torch.testing.assert_close(gates["h"], (1 - z) * gates["new"] + z * h_prev)
+    for name in ("forget", "input", "output") if kind == "lstm" else ("reset", "update"):
+        assert gates[name].shape == (32, 25, 16) and ((gates[name] > 0) & (gates[name] < 1)).all()
+
+
+def test_a_forget_gate_with_zero_weights_is_the_sigmoid_of_its_bias():
+    lstm = nn.LSTM(2, 4, batch_first=True)
+    with torch.no_grad():
+        for p in lstm.parameters():
+            p.zero_()
+        lstm.bias_ih_l0[4:8] = 1.5  # PyTorch's gate order: input, forget, cell, output
+    gates = vglib.recurrent_gates(lstm, torch.randn(3, 5, 2))
+    torch.testing.assert_close(gates["forget"], torch.full((3, 5, 4), 1 / (1 + math.exp(-1.5))))
+
+
+def test_recurrent_gates_refuse_what_they_cannot_read():
+    with pytest.raises(TypeError, match="nn.LSTM or nn.GRU"):
+        vglib.recurrent_gates(nn.RNN(2, 4, batch_first=True), torch.zeros(1, 3, 2))
+    with pytest.raises(ValueError, match="one layer"):
+        vglib.recurrent_gates(nn.LSTM(2, 4, num_layers=2, batch_first=True), torch.zeros(1, 3, 2))
+    with pytest.raises(ValueError, match="batch_first"):
+        vglib.recurrent_gates(nn.GRU(2, 4), torch.zeros(1, 3, 2))
+    with pytest.raises(ValueError, match=r"\(batch, time, 2\)"):
+        vglib.recurrent_gates(nn.GRU(2, 4, batch_first=True), torch.zeros(3, 2))
+
+
+class _LinearRecurrence(nn.Module):
+    """h_t = a h_(t-1) + x_t, output h_T: the gradient k steps back is a^k times the last one."""
+
+    def __init__(self, a):
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor(a))
+
+    def forward(self, x):
+        h = torch.zeros(x.shape[0], x.shape[2])
+        for t in range(x.shape[1]):
+            h = self.a * h + x[:, t]
+        return h.sum(1, keepdim=True)
+
+
+def test_input_gradient_by_lag_decays_as_the_recurrence_says():
+    x, y = torch.randn(8, 12, 3), torch.randn(8, 1)
+    model = _LinearRecurrence(0.7)
+    g = vglib.input_gradient_by_lag(model, x, y)
+    assert g.shape == (12,) and g.dtype == np.float64
+    np.testing.assert_allclose(g / g[0], 0.7 ** np.arange(12), rtol=1e-5)
+    assert model.a.grad is None  # the model's .grad is left alone
+
+
+def test_input_gradient_by_lag_works_where_states_are_hidden_and_matches_autograd():
+    model = vglib.build_recurrent("lstm", 8, seed=1)  # nn.LSTM inside: no return_states
+    x, y = vglib.adding_problem(16, 10, seed=5)
+    g = vglib.input_gradient_by_lag(model, x, y)
+    xr = x.clone().requires_grad_(True)
+    nn.functional.mse_loss(model(xr), y).backward()
+    by_hand = xr.grad.double().pow(2).sum(dim=(0, 2)).sqrt().numpy()[::-1]
+    np.testing.assert_allclose(g, by_hand, rtol=1e-6)
+    with pytest.raises(ValueError, match="batch, time, features"):
+        vglib.input_gradient_by_lag(model, x[:, :, 0], y)
+    with pytest.raises(TypeError, match="nn.Module"):
+        vglib.input_gradient_by_lag(lambda v: v, x, y)
+
+
+def test_steps_to_is_the_first_evaluation_at_or_below_a_level():
+    history = vglib.TrainingHistory(
+        np.zeros(40), np.array([10, 20, 30, 40]), np.array([1.0, 0.5, 0.4, np.nan])
+    )
+    assert history.steps_to(0.5) == 20  # at or below
+    assert history.steps_to(0.45) == 30
+    assert history.steps_to(0.1) is None  # never; a NaN loss is never below anything
