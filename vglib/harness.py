@@ -46,7 +46,7 @@ from torch import nn
 from ._seed import SeedSpread, torch_seed
 from ._seed import generator as seeded_generator
 from ._validation import check_positive_int
-from .initialization import lsuv_init, weight_layers
+from .initialization import hidden_weight_layers, lsuv_init
 from .models import build_network
 from .tables import MonitorTable
 from .tasks import Task, harness_task
@@ -334,13 +334,6 @@ def harness_first_batch(seed: int = 0, task: Task | None = None) -> tuple[torch.
     (x, y) = harness_data()[0] if task is None else task.train
     index = torch.randint(0, len(x), (min(HARNESS_BATCH, len(x)),), generator=seeded_generator(seed))
     return x[index], y[index]
-
-
-def hidden_weight_layers(model: nn.Module) -> list[str]:
-    """Names of the hidden weight layers, input side first: every Linear/Conv layer but the last
-    registered (the head), and not the gates of highway blocks (their path is a side road)."""
-    names = [name for name, _ in weight_layers(model)][:-1]
-    return [n for n in names if not n.endswith("gate")]
 
 
 def run_harness(

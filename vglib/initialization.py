@@ -30,6 +30,7 @@ from ._validation import check_choice, check_positive_int
 
 __all__ = [
     "INITS",
+    "hidden_weight_layers",
     "init_layer",
     "init_variance",
     "init_weights",
@@ -113,6 +114,13 @@ def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     return [(n, m) for n, m in model.named_modules() if isinstance(m, _LAYER_TYPES)]
+
+
+def hidden_weight_layers(model: nn.Module) -> list[str]:
+    """Names of the hidden weight layers, input side first: every Linear/Conv layer but the last
+    registered (the head), and not the gates of highway blocks (their path is a side road)."""
+    names = [name for name, _ in weight_layers(model)][:-1]
+    return [n for n in names if not n.endswith("gate")]
 
 
 @torch.no_grad()

@@ -27,13 +27,15 @@ from ._state import buffers_kept
 from ._tensors import to_numpy
 from ._validation import check_positive_int
 from .activations import get_activation
-from .initialization import weight_layers
+from .initialization import hidden_weight_layers, weight_layers
 
 __all__ = [
     "SATURATION_THRESHOLD",
     "CovariateShift",
     "ForwardStatistics",
     "GradientProfile",
+    "StreamProfile",
+    "block_outputs",
     "bptt_gradient_norms",
     "fitted_growth",
     "forward_statistics",
@@ -42,6 +44,7 @@ __all__ = [
     "jacobian_singular_values",
     "recurrent_gates",
     "saved_for_backward_megabytes",
+    "stream_profile",
 ]
 
 SATURATION_THRESHOLD = 0.1
@@ -385,6 +388,112 @@ def bptt_gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> n
     return np.array([_norm(g) for g in grads], dtype=np.float64)
 
 
+BLOCK_PREFIXES = ("act", "block")
+"""vglib's networks name each hidden layer's activation ``act{l}`` and each skip block ``block{l}``."""
+
+
+def _children_named(model: nn.Module, prefixes: Sequence[str]) -> list[tuple[str, nn.Module]]:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(prefixes, str) or not all(isinstance(p, str) and p for p in prefixes):
+        raise TypeError(f"prefixes must be a sequence of non-empty strings, got {prefixes!r}")
+    children = [(n, m) for n, m in model.named_children() if n.startswith(tuple(prefixes))]
+    if not children:
+        names = [n for n, _ in model.named_children()]
+        raise ValueError(
+            f"{type(model).__name__} has no child named {' or '.join(prefixes)}...; its children: {names}"
+        )
+    return children
+
+
+def _collect_outputs(children: list[tuple[str, nn.Module]], outputs: list[tuple[str, torch.Tensor]]) -> list:
+    def keep(name: str):
+        return lambda _module, _inputs, out: outputs.append((name, out))
+
+    return [module.register_forward_hook(keep(name)) for name, module in children]
+
+
+def block_outputs(
+    model: nn.Module, x: Inputs, *, prefixes: Sequence[str] = BLOCK_PREFIXES
+) -> dict[str, torch.Tensor]:
+    """The output of every direct child of ``model`` whose name starts with one of ``prefixes``
+    (in vglib's networks: each hidden layer's activation ``act{l}``, or each skip block
+    ``block{l}``: the stream), in the order they ran, from one forward pass without gradient.
+    The model's weights, buffers and mode are left as they were."""
+    children = _children_named(model, prefixes)
+    outputs: list[tuple[str, torch.Tensor]] = []
+    handles = _collect_outputs(children, outputs)
+    try:
+        with torch.no_grad(), buffers_kept(model):
+            forward_located(model, usable(x), dict(children))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: out.detach() for name, out in outputs}
+
+
+@dataclass(frozen=True)
+class StreamProfile:
+    """One forward and backward pass, measured at each block output ``h_l`` (see
+    :func:`stream_profile`), input side first: the total gradient ``||dL/dh_l||`` (through every
+    path: in a residual network, the identity and the branch), the mean square of ``h_l`` over the
+    batch and the units, and ``||dL/dW||`` of every hidden weight layer (highway gates left out);
+    float64 from the float32 tensors."""
+
+    names: tuple[str, ...]
+    grad_norms: np.ndarray
+    mean_squares: np.ndarray
+    weight_names: tuple[str, ...]
+    weight_grad_norms: np.ndarray
+
+    def first_to_last(self) -> float:
+        """``||dL/dh_1|| / ||dL/dh_L||``: below 1 the gradient shrinks towards the input."""
+        return float(self.grad_norms[0] / self.grad_norms[-1])
+
+
+def stream_profile(
+    model: nn.Module,
+    x: Inputs,
+    y: torch.Tensor,
+    loss_fn: LossFn | None = None,
+    *,
+    prefixes: Sequence[str] = BLOCK_PREFIXES,
+) -> StreamProfile:
+    """Gradients and mean squares of ``model``'s block outputs (children named ``prefixes``) on one
+    batch. Unlike :func:`gradient_profile`, which measures at the inputs of weight layers, this
+    measures the stream itself, so residual and highway networks show the gradient their skip
+    paths carry. The model's weights, ``.grad``, buffers and mode are left as they were."""
+    children = _children_named(model, prefixes)
+    check_inputs(x, y)
+    x, y = usable(x), usable(y)
+    weight_names = tuple(hidden_weight_layers(model))
+    weights = [model.get_submodule(name).weight for name in weight_names]
+    outputs: list[tuple[str, torch.Tensor]] = []
+    handles = _collect_outputs(children, outputs)
+    try:
+        with buffers_kept(model), torch.enable_grad():
+            output = forward_located(model, x, dict(children))
+            loss = scalar_loss((loss_fn or default_loss)(scored(output, loss_fn), y))
+            names = [name for name, _ in outputs]
+            if len(set(names)) != len(names):
+                raise ValueError("stream_profile needs each block called once in a forward pass")
+            targets = [out for _, out in outputs] + [w for w in weights if w.requires_grad]
+            grads = torch.autograd.grad(loss, targets, allow_unused=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    grad_of = {id(t): g for t, g in zip(targets, grads, strict=True)}
+    return StreamProfile(
+        names=tuple(names),
+        grad_norms=np.array([_norm(grad_of[id(out)]) for _, out in outputs], dtype=np.float64),
+        mean_squares=np.array([float(out.detach().double().pow(2).mean()) for _, out in outputs]),
+        weight_names=weight_names,
+        weight_grad_norms=np.array(
+            [_norm(grad_of[id(w)]) if w.requires_grad else float("nan") for w in weights], dtype=np.float64
+        ),
+    )
+
+
 def input_gradient_by_lag(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn | None = None
 ) -> np.ndarray:
@@ -406,7 +515,7 @@ def input_gradient_by_lag(
         output = model(x)
         loss = scalar_loss((loss_fn or default_loss)(scored(output, loss_fn), y))
         (grad,) = torch.autograd.grad(loss, x)
-    norms = grad.double().pow(2).sum(dim=(0, 2)).sqrt().numpy()
+    norms = to_numpy(grad.double().pow(2).sum(dim=(0, 2)).sqrt())
     return norms[::-1].copy()
 
 

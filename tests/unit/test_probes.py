@@ -416,3 +416,60 @@ def test_norm_clipping_scales_every_layer_by_one_factor_and_bad_thresholds_are_r
             vglib.gradient_profile(model, x, y, clip_norm=bad)
         with pytest.raises(ValueError, match="clip_value"):
             vglib.gradient_profile(model, x, y, clip_value=bad)
+
+
+def test_block_outputs_are_the_layers_outputs_in_order():
+    model = vglib.build_network(4, 16, "relu", "he", in_features=5, seed=0)
+    x = torch.randn(32, 5)
+    outputs = vglib.block_outputs(model, x)
+    assert list(outputs) == [f"act{i}" for i in range(1, 5)]
+    h = x  # the same forward pass, module by module
+    for name, module in model.named_children():
+        h = module(h)
+        if name in outputs:
+            torch.testing.assert_close(outputs[name], h.detach(), rtol=0, atol=0)
+    assert not any(o.requires_grad for o in outputs.values())
+    assert all(not m._forward_hooks for m in model.modules())
+    with pytest.raises(ValueError, match="no child named block"):
+        vglib.block_outputs(model, x, prefixes=("block",))
+    with pytest.raises(TypeError, match="prefixes"):
+        vglib.block_outputs(model, x, prefixes="act")
+
+
+def test_stream_profile_matches_retained_gradients_of_the_stream():
+    model = vglib.build_network(
+        6, 16, "relu", "he", skip="residual", residual_scale=0.5, in_features=5, seed=1
+    )
+    x, y = batch(5)
+    prof = vglib.stream_profile(model, x, y)
+    assert prof.names == ("act1", *tuple(f"block{i}" for i in range(2, 7)))
+    assert prof.weight_names == ("linear1", *tuple(f"block{i}.linear" for i in range(2, 7)))
+    h, kept = x, []  # by hand: the stream's tensors, their total gradient through both paths
+    for name, module in model.named_children():
+        h = module(h)
+        if name in prof.names:
+            h.retain_grad()
+            kept.append(h)
+    F.mse_loss(h, y).backward()
+    np.testing.assert_allclose(prof.grad_norms, [k.grad.norm().item() for k in kept], rtol=1e-5)
+    np.testing.assert_allclose(prof.mean_squares, [k.detach().pow(2).mean().item() for k in kept], rtol=1e-5)
+    by_hand = [model.get_submodule(n).weight.grad.norm().item() for n in prof.weight_names]
+    np.testing.assert_allclose(prof.weight_grad_norms, by_hand, rtol=1e-5)
+    assert prof.first_to_last() == pytest.approx(prof.grad_norms[0] / prof.grad_norms[-1])
+    model.zero_grad(set_to_none=True)
+    vglib.stream_profile(model, x, y)
+    assert model.linear1.weight.grad is None  # the profile leaves .grad alone
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_an_unscaled_residual_relu_stream_doubles_forward_and_backward_per_block(seed):
+    # E||h + W relu-branch||^2 = (1 + s^2 sigma_w^2 E[phi^2]/q) E||h||^2 = 2 E||h||^2 for He and s = 1,
+    # and the backward pass grows by the same factor per block (the Skip connections chapter)
+    model = vglib.build_network(
+        20, 256, "relu", "he", skip="residual", residual_scale=1.0, in_features=16, seed=seed
+    )
+    x, y = torch.randn(512, 16), torch.randn(512, 1)
+    prof = vglib.stream_profile(model, x, y)
+    forward = vglib.fitted_growth(prof.mean_squares, 5)
+    backward = 1 / vglib.fitted_growth(prof.grad_norms**2, 5)  # grows towards the input
+    assert 1.8 < forward < 2.1 and 1.8 < backward < 2.2
