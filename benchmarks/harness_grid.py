@@ -13,6 +13,8 @@ the backpropagated gradient by ``diagnose``'s fit), medians over the seeds.
     python benchmarks/harness_grid.py                    # run the grid and print the tables
     python benchmarks/harness_grid.py --write            # and write benchmarks/results/harness_grid.json
     python benchmarks/harness_grid.py --remedies "ReLU, He" "tanh, Xavier" --steps 200   # a quick look
+    python benchmarks/harness_grid.py --merge --remedies "ReLU, He"   # re-run whole groups into the file
+    python benchmarks/harness_grid.py --extend          # run the learning rates the file lacks
 
 ``tests/test_harness_grid.py`` checks that the file covers the whole grid and re-runs a random group
 of it. The chapters read it for the tuning curves (metric against learning rate).
@@ -31,7 +33,7 @@ import torch
 
 import vglib
 from vglib import grid
-from vglib.tasks import TASKS, harness_task
+from vglib.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "harness_grid.json"
@@ -48,12 +50,19 @@ def remedies_for(task: str, labels: list[str] | None) -> list[vglib.Remedy]:
     return [known[label] for label in labels]
 
 
-def run_one(job: tuple[vglib.Remedy, str, int]) -> tuple[list[grid.GridCell], float]:
-    remedy, task, steps = job
+def run_one(job: tuple) -> tuple[list[grid.GridCell], float]:
+    remedy, task, steps, *lrs = job  # lrs: the grid's unless given
     vglib.seed_everything(0)  # one thread in each worker
     start = time.perf_counter()
-    cells = grid.run_group(remedy, task, steps=steps)
+    cells = grid.run_group(remedy, task, steps=steps, lrs=lrs[0] if lrs else grid.GRID_LRS)
     return cells, time.perf_counter() - start
+
+
+def ordered(cells: list[grid.GridCell]) -> list[grid.GridCell]:
+    """Cells in the file's order: by task, then remedy as the catalogue lists them, then lr, seed."""
+    order = {r.label: i for i, r in enumerate([*grid.GRID_REMEDIES, grid.shallow_twin("teacher")])}
+    order[grid.SHALLOW_TWIN] = len(order)
+    return sorted(cells, key=lambda c: (TASKS.index(c.task), order.get(c.remedy, len(order)), c.lr, c.seed))
 
 
 def init_entries(tasks: list[str], labels: list[str] | None = None) -> list[dict]:
@@ -68,38 +77,15 @@ def init_entries(tasks: list[str], labels: list[str] | None = None) -> list[dict
     return out
 
 
-def ratio_text(entries: list[dict], label: str, task: str, key: str) -> str:
-    values = [e[key] for e in entries if (e["remedy"], e["task"]) == (label, task)]
-    return f"{np.median(values):.1e}" if values else "-"
-
-
 def table(cells: list[grid.GridCell], task: str, init: list[dict] | None = None) -> str:
-    t = harness_task(task)
-    metric = t.metric
-    lines = [f"\n{task} (test {'accuracy' if metric == 'accuracy' else 'loss'}; lr chosen on validation)"]
-    threshold = grid.THRESHOLDS[task]
-    lines.append(
-        f"  {'remedy':<38}{'lr':>8}   {'median (range) over seeds':<26}"
-        f"{'steps to ' + format(threshold, 'g'):<22}init ratio: weights, dL/dh"
-    )
-    groups: dict[str, list[grid.GridCell]] = {}
-    for cell in cells:
-        if cell.task == task:
-            groups.setdefault(cell.remedy, []).append(cell)
-    for label, group in groups.items():
-        lr = grid.choose_lr(group, metric)
-        spread = grid.spread_at(group, lr)
-        steps = grid.steps_to(group, lr, threshold, metric)
-        reached = format(steps, ".0f").replace("inf", "never")  # inf: not within the budget
-        ratios = ""
-        if init:
-            weights, backprop = (ratio_text(init, label, task, k) for k in ("weight_ratio", "backprop_ratio"))
-            ratios = f"{weights}, {backprop}"
-        lines.append(f"  {label:<38}{lr:>8.1e}   {format(spread, '.3f'):<26}{reached:<22}{ratios}")
-    lines.append(f"  {'linear baseline':<38}{'':>8}   {t.linear_baseline():.3f}")
-    if metric == "mse":
-        lines.append(f"  {'predicting 0':<38}{'':>8}   {t.predict_zero_loss():.3f}")
-    return "\n".join(lines)
+    """The grid's runs of ``task`` at each row's chosen learning rate, as the chapters show them
+    (``vglib.RemedyTable``: medians and ranges over the seeds, steps to the threshold, both gradient
+    ratios at initialisation where ``init`` has them, and the baselines below the rows)."""
+    results = vglib.Grid(tuple(cells), tuple(init or ()), {})
+    labels = results.labels(task)
+    rows = [results.runs(label, task) for label in labels if label != grid.SHALLOW_TWIN]
+    shallow = results.runs(grid.SHALLOW_TWIN, task) if grid.SHALLOW_TWIN in labels else None
+    return "\n" + repr(vglib.RemedyTable(rows, shallow=shallow))
 
 
 def main() -> None:
@@ -114,6 +100,11 @@ def main() -> None:
         "--merge",
         action="store_true",
         help="run only --remedies (all tasks, full budget) and put their groups into the committed file",
+    )
+    parser.add_argument(
+        "--extend",
+        action="store_true",
+        help="run only the learning rates of GRID_LRS the committed file lacks (--remedies: only those)",
     )
     parser.add_argument(
         "--update-init",
@@ -132,6 +123,30 @@ def main() -> None:
         for task in args.tasks:
             print(table(cells, task, saved.get("init")))
         return
+    if args.extend:  # learning rates of GRID_LRS that a group of the file lacks, run and merged in
+        saved = json.loads(RESULTS.read_text())
+        cells = grid.cells_from_json(saved["cells"])
+        have: dict[tuple[str, str], set[float]] = {}
+        for c in cells:
+            have.setdefault((c.remedy, c.task), set()).add(c.lr)
+        jobs = []
+        for task in TASKS:
+            for r in remedies_for(task, args.remedies):
+                missing = [lr for lr in grid.GRID_LRS if lr not in have.get((r.label, task), set())]
+                if missing:
+                    jobs.append((r, task, grid.GRID_STEPS, tuple(missing)))
+        start = time.perf_counter()
+        with ProcessPoolExecutor(args.jobs) as pool:
+            fresh = [cell for group, _ in pool.map(run_one, jobs) for cell in group]
+        cells = ordered([*cells, *fresh])
+        saved["cells"] = grid.cells_to_json(cells)
+        saved["meta"]["lrs"] = list(grid.GRID_LRS)
+        RESULTS.write_text(json.dumps(saved) + "\n")
+        print(f"ran {len(jobs)} groups' missing learning rates in {time.perf_counter() - start:.0f} s into "
+              f"{RESULTS.relative_to(ROOT)}")  # fmt: skip
+        for task in TASKS:
+            print(table(cells, task, saved["init"]))
+        return
     if args.merge:  # new or changed remedies only: the rest of the committed file is kept
         if not args.remedies or args.steps != grid.GRID_STEPS or set(args.tasks) != set(TASKS):
             parser.error("--merge needs --remedies, and no --steps or --tasks")
@@ -142,9 +157,7 @@ def main() -> None:
             fresh = [cell for group, _ in pool.map(run_one, jobs) for cell in group]
         redone = set(args.remedies)
         kept = [c for c in grid.cells_from_json(saved["cells"]) if c.remedy not in redone]
-        order = {r.label: i for i, r in enumerate([*grid.GRID_REMEDIES, grid.shallow_twin("teacher")])}
-        order[grid.SHALLOW_TWIN] = len(order)
-        cells = sorted([*kept, *fresh], key=lambda c: (TASKS.index(c.task), order.get(c.remedy, len(order))))
+        cells = ordered([*kept, *fresh])
         init = [e for e in saved["init"] if e["remedy"] not in redone]
         init += init_entries(list(TASKS), args.remedies)
         saved["cells"], saved["init"] = grid.cells_to_json(cells), init

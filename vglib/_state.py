@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-__all__ = ["buffers_kept"]
+__all__ = ["buffers_kept", "evaluating"]
 
 
 @contextlib.contextmanager
@@ -40,3 +40,18 @@ def buffers_kept(model: nn.Module) -> Iterator[None]:
                 module = model.get_submodule(owner) if owner else model
                 if module._buffers.get(attribute) is None:
                     module._buffers[attribute] = value
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module, on: bool = True) -> Iterator[None]:
+    """``model.eval()`` for the block (batch norm normalises with its running statistics, dropout
+    is off), then every module's own ``training`` flag back as it was; ``on=False`` changes
+    nothing."""
+    modes = {module: module.training for module in model.modules()}
+    if on:
+        model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes.items():
+            module.training = training

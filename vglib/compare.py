@@ -22,11 +22,11 @@ import json
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from html import escape
 from pathlib import Path
 
 import numpy as np
 
+from ._render import html_table, text_table
 from ._seed import SeedSpread
 from ._tensors import to_numpy
 from .grid import (
@@ -366,26 +366,10 @@ class RemedyTable:
         return (*row, self.grid.runs(r.remedy.label, r.task).final_text())
 
     def __repr__(self) -> str:
-        rows = [self.header, *self.rows()]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(self.header))]
-
-        def line(row: tuple[str, ...]) -> str:
-            cells = zip(row, widths, strict=True)
-            return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(cells)).rstrip()
-
-        lines = [line(row) for row in rows]
-        lines.insert(1, "-" * max(len(x) for x in lines))
-        return "\n".join([self.caption, *lines])
+        return text_table(self.header, self.rows(), self.caption)
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th>{escape(h)}</th>" for h in self.header)
-        body = "".join(
-            "<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in self.rows()
-        )
-        return (
-            f'<table class="vg-harness"><caption>{escape(self.caption)}</caption>'
-            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-        )
+        return html_table(self.header, self.rows(), self.caption)
 
 
 def compare_tuned(

@@ -15,8 +15,9 @@ Member ``k`` is built as ``vglib.train``'s caller builds it (``build(seed)`` und
 ``torch_seed(seed)``) and draws its minibatches from its own generator seeded with its seed, so it
 follows the run ``train(build(seed), x, y, lr=lr, seed=seed, ...)`` up to floating-point rounding
 (tested over 20 steps for SGD with momentum, Adam and batch norm: the batched matrix products sum
-in another order). Batch norm keeps running statistics per member; evaluation runs in training
-mode on a copy of the buffers, as ``train`` evaluates, so held-out data never enters them.
+in another order). Batch norm keeps running statistics per member; evaluation runs as ``train``
+evaluates (in eval mode by default, on the running statistics; with ``eval_mode=False`` in
+training mode), on a copy of the buffers, so held-out data never enters them.
 """
 
 from __future__ import annotations
@@ -143,10 +144,11 @@ def train_ensemble(
     eval_every: int = 50,
     x_test: torch.Tensor | None = None,
     y_test: torch.Tensor | None = None,
+    eval_mode: bool = True,
 ) -> EnsembleRun:
     """Train one network per member ``(seed, lr)``, all built by ``build(seed)``, together (see
-    the module docstring); the arguments mean what they mean for ``vglib.train``, and ``(x_test,
-    y_test)``, if given, is a second held-out set evaluated at the same steps."""
+    the module docstring); the arguments mean what they mean for ``vglib.train`` (``eval_mode``
+    too), and ``(x_test, y_test)``, if given, is a second held-out set evaluated at the same steps."""
     if not callable(build):
         raise TypeError(f"build must be a function of the seed that returns an nn.Module, got {build!r}")
     members = _check_members(members)
@@ -171,13 +173,14 @@ def train_ensemble(
     for name, p in params.items():
         p.requires_grad_(name in trainable)
     base = copy.deepcopy(models[0]).to("meta")
+    evaluated = copy.deepcopy(base).eval() if eval_mode else base  # the mode held-out data sees
     del models
 
     def member_loss(p: dict, b: dict, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         return loss_fn(functional_call(base, (p, b), (xb,)), yb)
 
     def member_output(p: dict, b: dict, xb: torch.Tensor) -> torch.Tensor:
-        return functional_call(base, (p, b), (xb,))
+        return functional_call(evaluated, (p, b), (xb,))
 
     batched_loss = vmap(member_loss, randomness="different")
     batched_output = vmap(member_output, in_dims=(0, 0, None), randomness="different")

@@ -36,13 +36,13 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, replace
-from html import escape
 from typing import TypeVar, overload
 
 import numpy as np
 import torch
 from torch import nn
 
+from ._render import html_table, text_table
 from ._seed import SeedSpread, torch_seed
 from ._seed import generator as seeded_generator
 from ._validation import check_positive_int
@@ -581,26 +581,10 @@ class HarnessTable:
         return rows
 
     def __repr__(self) -> str:
-        rows = [self.header, *self.rows()]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(self.header))]
-
-        def line(row: tuple[str, ...]) -> str:
-            cells = zip(row, widths, strict=True)
-            return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(cells))
-
-        lines = [line(row) for row in rows]
-        lines.insert(1, "-" * len(lines[0]))
-        return "\n".join([self.caption, *lines] if self.caption else lines)
+        return text_table(self.header, self.rows(), self.caption)
 
     def _repr_html_(self) -> str:
-        caption = f"<caption>{escape(self.caption)}</caption>" if self.caption else ""
-        head = "".join(f"<th>{escape(h)}</th>" for h in self.header)
-        body = "".join(
-            "<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in self.rows()
-        )
-        return (
-            f'<table class="vg-harness">{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-        )
+        return html_table(self.header, self.rows(), self.caption)
 
     def as_dicts(self) -> list[dict[str, object]]:
         """One dict per result: the remedy's fields and the measurements (for ``HarnessRuns``, their

@@ -13,7 +13,7 @@ from torch import nn
 from ._batch import default_loss
 from ._seed import generator as seeded_generator
 from ._seed import torch_seed
-from ._state import buffers_kept
+from ._state import buffers_kept, evaluating
 from ._validation import check_choice, check_positive_int
 from .monitor import GradientMonitor
 from .tables import RecordedMonitor
@@ -73,6 +73,7 @@ def train(
     histograms: bool = False,
     callback: Callable[[int, nn.Module], None] | None = None,
     record_grad_norm: bool = False,
+    eval_mode: bool = True,
 ) -> TrainingHistory:
     """Train ``model`` in place on ``(x, y)`` by minibatch gradient descent; returns its history.
 
@@ -81,9 +82,12 @@ def train(
     class indices. ``clip_norm`` rescales the gradient so that its global norm is at most
     ``clip_norm`` (Pascanu et al. 2013); ``clip_value`` clamps every component to
     ``[-clip_value, clip_value]``; both apply before each step, norm first. Without
-    held-out data the model is evaluated on ``(x, y)``. Evaluation runs in the model's current
-    mode (batch norm in training mode normalises with the held-out set's own statistics) and
-    leaves its buffers as they were, so held-out data never leaks into running statistics. With
+    held-out data the model is evaluated on ``(x, y)``. Evaluation runs in eval mode, as a
+    deployed model runs (batch norm normalises with the running statistics of the training
+    batches, dropout is off); ``eval_mode=False`` evaluates in the model's current mode instead
+    (batch norm in training mode normalises the held-out set with its own statistics, which is
+    transductive). Either way the model's buffers and modes are left as they were, so held-out
+    data never leaks into running statistics. With
     ``monitor_every`` a ``GradientMonitor`` records every that many steps (``histograms`` too, if
     asked) and comes back as ``history.monitor``. ``callback(step, model)``, if given, is called
     after every update with the number of updates made so far (e.g. ``vglib.CovariateShift``).
@@ -135,7 +139,7 @@ def train(
                 callback(step + 1, model)
             losses.append(float(loss.detach()))
             if (step + 1) % eval_every == 0 or step == steps - 1:
-                with torch.no_grad(), buffers_kept(model):  # held-out data never enters running stats
+                with torch.no_grad(), buffers_kept(model), evaluating(model, eval_mode):
                     eval_steps.append(step + 1)
                     eval_losses.append(float(default_loss(model(x_eval), y_eval)))
     return TrainingHistory(

@@ -289,3 +289,20 @@ def test_the_recorded_gradient_norm_stays_finite_where_float32_squares_overflow(
     )  # float32 overflows
     by_hand = math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in fresh.parameters()))
     assert math.isfinite(history.grad_norm[0]) and history.grad_norm[0] == pytest.approx(by_hand, rel=1e-6)
+
+
+@pytest.mark.parametrize("eval_mode", [True, False])
+def test_batch_norm_is_evaluated_on_running_statistics_unless_asked_otherwise(eval_mode):
+    x, y = vglib.teacher_student(256, seed=0)
+    x_eval, y_eval = vglib.teacher_student(64, seed=1)
+    model = vglib.build_network(4, 16, "relu", "he", norm="batch", in_features=16, seed=0)
+    history = vglib.train(model, x, y, steps=30, lr=0.01, optimizer="sgd", momentum=0.9, x_eval=x_eval,
+                          y_eval=y_eval, eval_every=30, eval_mode=eval_mode)  # fmt: skip
+    assert model.training and all(m.training for m in model.modules())  # modes left as they were
+    with torch.no_grad():
+        model.eval()
+        on_running = F.mse_loss(model(x_eval), y_eval).item()
+        model.train()
+        on_batch = F.mse_loss(model(x_eval), y_eval).item()  # (changes the running stats: last)
+    assert abs(on_running - on_batch) > 1e-4  # the modes differ, so the test can tell them apart
+    assert history.final_eval_loss == pytest.approx(on_running if eval_mode else on_batch, rel=1e-6)
