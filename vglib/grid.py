@@ -19,9 +19,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import torch
+from torch import nn
 
 from ._seed import SeedSpread, torch_seed
-from .diagnosis import diagnose
+from .diagnosis import _fitted_change, _hidden, diagnose
 from .ensemble import train_ensemble
 from .harness import HARNESS_SEEDS, Remedy, harness_first_batch
 from .probes import gradient_profile
@@ -242,17 +244,38 @@ def spread_at(cells: Iterable[GridCell], lr: float) -> SeedSpread:
 def init_ratios(remedy: Remedy, task: str | Task, seed: int) -> tuple[float, float]:
     """Two first-to-last-hidden-layer gradient ratios of ``remedy``'s network of seed ``seed`` at
     initialisation, on its first minibatch, named for what they measure: the *weight*-gradient
-    ratio ``||dL/dW_1|| / ||dL/dW_L||`` (``GradientProfile.first_to_last_ratio``: weights only,
-    every Linear layer but the head, highway gates included) and the *backpropagated* ratio of
-    ``||dL/dh||`` per element from the last hidden layer to the first, by ``diagnose``'s fit. The
-    first can stay near 1 where the second vanishes (Glorot & Bengio 2010, section 4.2)."""
+    ratio ``||dL/dW_1|| / ||dL/dW_L||`` of the first and last hidden weight layers (weights only,
+    as ``GradientProfile.first_to_last_ratio``) and the
+    *backpropagated* ratio of ``||dL/dh||`` per element from the last hidden layer to the first, by
+    ``diagnose``'s fit over the hidden layers. Both leave out the gates of highway blocks (a side
+    road: the last hidden layer is the last block's transform, not its gate). The first can stay
+    near 1 where the second vanishes (Glorot & Bengio 2010, section 4.2)."""
     task = harness_task(task) if isinstance(task, str) else task
     with torch_seed(seed):
         model = remedy.build(seed, task)
     x, y = harness_first_batch(seed, task)
-    weight = gradient_profile(model, x, y).first_to_last_ratio()
-    backprop = diagnose(model, x, y).depth_change
-    return float(weight), float(backprop)
+    profile = gradient_profile(model, x, y)
+    stream = [i for i, name in enumerate(profile.layer_names) if not _is_gate(name)]
+    first, last = profile.weight_grad_norms[stream[0]], profile.weight_grad_norms[stream[-1]]
+    weight = (math.nan if first == 0.0 else math.inf) if last == 0.0 else first / last
+    return float(weight), _backprop_ratio(model, x, y)
+
+
+def _is_gate(name: str) -> bool:
+    return name.rpartition(".")[2] == "gate"
+
+
+def _backprop_ratio(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """``diagnose``'s fitted first-to-last change of ``||dL/dh||`` per element over the hidden
+    layers, leaving out the gates of highway blocks: a gate's output is a side road whose gradient
+    is not the stream's, and with one gate per block they would be half the points of the fit."""
+    report = diagnose(model, x, y)
+    hidden, names, _ = _hidden(report.flow)
+    keep = np.array([not _is_gate(name) for name in names], dtype=bool)
+    if keep.all():
+        return float(report.depth_change)
+    decades, _, _ = _fitted_change(hidden[keep])
+    return float(10.0 ** (-decades)) if math.isfinite(decades) else math.nan
 
 
 THRESHOLDS = {"teacher": 0.5, "digits": 0.9}

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 
 import vglib
@@ -88,3 +89,27 @@ def test_the_two_ratios_at_initialisation_tell_the_glorot_blind_spot_apart():
     assert 0.3 < weight < 3 and backprop < 1e-3
     weight, backprop = init_ratios(vglib.Remedy("tanh", activation="tanh", init="xavier"), "teacher", 0)
     assert 0.1 < weight < 10 and 0.1 < backprop < 10
+
+
+def test_highway_gates_are_left_out_of_both_ratios():
+    from scipy.stats import theilslopes
+
+    remedy = vglib.Remedy("highway", activation="tanh", init="xavier", skip="highway", depth=8)
+    weight, backprop = init_ratios(remedy, "teacher", 0)
+    model = remedy.build(0, vglib.harness_task("teacher"))
+    x, y = vglib.harness_first_batch(0, vglib.harness_task("teacher"))
+    profile = vglib.gradient_profile(model, x, y)
+    names = list(profile.layer_names)
+    assert names[-1].endswith("gate")  # the last layer called before the head is a gate
+    transforms = [i for i, n in enumerate(names) if not n.endswith("gate")]
+    by_hand = profile.weight_grad_norms[transforms[0]] / profile.weight_grad_norms[transforms[-1]]
+    assert weight == pytest.approx(by_hand, rel=1e-12)
+    # backprop: Theil-Sen (scipy's) over the non-gate hidden layers' ||dL/dh|| per element
+    flow = vglib.gradient_flow(model, x, y)
+    pairs = zip(flow.layer_names[:-1], flow.output_grad_rms[:-1], strict=True)
+    rms = [r for n, r in pairs if not n.endswith("gate")]
+    slope = theilslopes(np.log10(rms), np.arange(len(rms)))[0]
+    assert backprop == pytest.approx(10 ** (-slope * (len(rms) - 1)), rel=1e-9)
+    plain = vglib.Remedy("tanh", activation="tanh", init="xavier", depth=8)  # no gates: diagnose's own
+    model = plain.build(0, vglib.harness_task("teacher"))
+    assert init_ratios(plain, "teacher", 0)[1] == vglib.diagnose(model, x, y).depth_change
