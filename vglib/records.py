@@ -27,7 +27,11 @@ another seed, can differ as much as another draw does.
 - ``live``: always compute, never read (how the robustness checks re-run the chapters); with
   ``VGLIB_RECORDS_OUT=DIR`` the computed values are also written to ``DIR/<file name>``, which is
   how the re-check test compares a fresh run with the recording;
-- ``write``: compute and record (the recording of this seed offset is made anew).
+- ``write``: compute and record (the recording of this seed offset is made anew);
+- ``resume``: finish a ``write`` that stopped part-way (an assertion failed after some entries were
+  recorded): an entry already recorded with the same ``config`` is read back, every other one is
+  computed and recorded. Only for that: an entry whose computation changed while its name and
+  ``config`` did not is read back stale.
 
 A recorded value is exactly what the computation returns, through a JSON encoding that keeps
 NumPy arrays, tuples, dicts with non-string keys and vglib's result types (``TrainingHistory``,
@@ -70,7 +74,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-RECORDS_MODES = ("use", "live", "write")
+RECORDS_MODES = ("use", "live", "write", "resume")
 RECORDING_PATH = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 """The environment ``make record`` records under and the re-check test re-runs under: PyTorch's
 AVX2 kernels, MKL's AVX2 branch (its conditional numerical reproducibility, which holds across Intel
@@ -278,6 +282,9 @@ class Records:
             raise TypeError(f"compute must be a function of no arguments, got {type(compute).__name__}")
         mode, key, made_from = records_mode(), self.key(name), fingerprint(config)
         entry = self.entries.get(key)
+        if mode == "resume" and entry is not None and entry["config"] == made_from:
+            self.sources[name] = "recorded"
+            return decode(entry["value"])
         if mode == "use" and entry is not None:
             if entry["config"] != made_from:
                 raise ValueError(
@@ -288,7 +295,7 @@ class Records:
             return decode(entry["value"])
         stored = encode(compute())
         self.sources[name] = "computed"
-        if mode == "write" or self._out is not None:
+        if mode in ("write", "resume") or self._out is not None:
             made = {
                 "config": made_from,
                 "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -297,7 +304,7 @@ class Records:
                 "torch": torch.__version__,
                 "value": stored,
             }
-            if mode == "write":
+            if mode in ("write", "resume"):
                 self.entries[key] = made
                 self._save(self.path, self.entries)
             else:

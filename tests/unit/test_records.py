@@ -177,3 +177,30 @@ def test_the_gradient_norm_field_is_written_only_where_it_was_recorded():
     back = decode(json.loads(json.dumps(encode(with_norms))))
     np.testing.assert_array_equal(back.grad_norm, with_norms.grad_norm)
     assert back.grad_norm.shape == (3,)
+
+
+def test_resume_reads_what_a_stopped_write_recorded_and_computes_the_rest(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    calls = []
+
+    def compute(value):
+        def run():
+            calls.append(value)
+            return value
+
+        return run
+
+    monkeypatch.setenv("VGLIB_RECORDS", "write")
+    vglib.Records("r.json")("first", compute(1.0), config="a")  # a write that stopped after one entry
+    monkeypatch.setenv("VGLIB_RECORDS", "resume")
+    records = vglib.Records("r.json")
+    assert records("first", compute(2.0), config="a") == 1.0  # recorded: not computed again
+    assert records("second", compute(3.0), config="b") == 3.0  # missing: computed and recorded
+    assert records("first", compute(4.0), config="changed") == 4.0  # another config: computed anew
+    assert calls == [1.0, 3.0, 4.0]
+    monkeypatch.setenv("VGLIB_RECORDS", "use")
+    again = vglib.Records("r.json")
+    assert (
+        again("second", compute(5.0), config="b") == 3.0
+        and again("first", compute(6.0), config="changed") == 4.0
+    )
