@@ -99,7 +99,7 @@ def main() -> None:
     parser.add_argument(
         "--merge",
         action="store_true",
-        help="run only --remedies (all tasks, full budget) and put their groups into the committed file",
+        help="run only --remedies (on --tasks, full budget) and put their groups into the committed file",
     )
     parser.add_argument(
         "--extend",
@@ -148,18 +148,18 @@ def main() -> None:
             print(table(cells, task, saved["init"]))
         return
     if args.merge:  # new or changed remedies only: the rest of the committed file is kept
-        if not args.remedies or args.steps != grid.GRID_STEPS or set(args.tasks) != set(TASKS):
-            parser.error("--merge needs --remedies, and no --steps or --tasks")
+        if not args.remedies or args.steps != grid.GRID_STEPS:
+            parser.error("--merge needs --remedies, and no --steps")
         saved = json.loads(RESULTS.read_text())
-        jobs = [(r, task, args.steps) for task in TASKS for r in remedies_for(task, args.remedies)]
+        jobs = [(r, task, args.steps) for task in args.tasks for r in remedies_for(task, args.remedies)]
         start = time.perf_counter()
         with ProcessPoolExecutor(args.jobs) as pool:
             fresh = [cell for group, _ in pool.map(run_one, jobs) for cell in group]
-        redone = set(args.remedies)
-        kept = [c for c in grid.cells_from_json(saved["cells"]) if c.remedy not in redone]
+        redone = {(label, task) for label in args.remedies for task in args.tasks}
+        kept = [c for c in grid.cells_from_json(saved["cells"]) if (c.remedy, c.task) not in redone]
         cells = ordered([*kept, *fresh])
-        init = [e for e in saved["init"] if e["remedy"] not in redone]
-        init += init_entries(list(TASKS), args.remedies)
+        init = [e for e in saved["init"] if (e["remedy"], e["task"]) not in redone]
+        init += init_entries(list(args.tasks), args.remedies)
         saved["cells"], saved["init"] = grid.cells_to_json(cells), init
         RESULTS.write_text(json.dumps(saved) + "\n")
         took = time.perf_counter() - start

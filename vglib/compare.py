@@ -278,7 +278,8 @@ class Grid:
 
 class RemedyTable:
     """``TunedRuns`` of one task side by side, with the baselines below them: the best linear model
-    (least squares, or logistic regression), predicting 0 (regression) or the most frequent class
+    (least squares, or logistic regression), for regression the best quadratic model (least squares
+    on the degree-2 terms), predicting 0 (regression) or the most frequent class
     (classification), and ``shallow`` (the one-hidden-layer network of equal parameter count, tuned
     on the same grid) where given; with ``grid``, a last column gives the grid's own runs at each
     row's learning rate, which differ from the table's where training is chaotic (the same
@@ -339,6 +340,7 @@ class RemedyTable:
         if self.metric == "mse":
             baselines = {
                 "linear model (least squares)": t.linear_baseline(),
+                "quadratic model (least squares, degree-2 terms)": t.quadratic_baseline(),
                 "predicting 0": t.predict_zero_loss(),
             }
         else:

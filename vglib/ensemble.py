@@ -223,7 +223,7 @@ def train_ensemble(
                         out = batched_output(params, {n: b.clone() for n, b in buffers.items()}, xs)
                         curves[name][0].append([float(loss_fn(out[i], ys)) for i in range(k)])
                         if classes:
-                            curves[name][1].append((out.argmax(-1) == ys).float().mean(1).tolist())
+                            curves[name][1].append(_accuracy(out, ys).tolist())
     final = {name: t.detach().clone() for name, t in {**params, **buffers}.items()}
 
     def curve(name: str, which: int) -> np.ndarray | None:
@@ -242,6 +242,15 @@ def train_ensemble(
         _build=build,
         _state=final,
     )
+
+
+def _accuracy(out: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+    """Per member, the share of examples whose largest output is the target class; NaN for a member
+    whose outputs are not all finite (a diverged network: ``argmax`` of a NaN row returns 0, which
+    would score it as the share of class 0 and hide the divergence)."""
+    accuracy = (out.argmax(-1) == ys).float().mean(1)
+    finite = torch.isfinite(out).flatten(1).all(1)
+    return torch.where(finite, accuracy, torch.full_like(accuracy, math.nan))
 
 
 def _update(

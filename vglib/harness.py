@@ -572,11 +572,13 @@ class HarnessTable:
 
     def rows(self) -> list[tuple[str, ...]]:
         """Each result as formatted cells, then the baselines of the harness task in the final-loss
-        column: the best linear map (least squares) and predicting 0."""
+        column: the best linear map (least squares), the best quadratic one and predicting 0."""
         rows = [self._seeded(r) if self.seeded else self._one(r) for r in self.results]
         task = harness_task(HARNESS_TASK)
         blank = ("",) * (len(self.header) - 2)
         rows.append(("linear model (least squares)", *blank, f"{task.linear_baseline():.3f}"))
+        quadratic = f"{task.quadratic_baseline():.3f}"
+        rows.append(("quadratic model (least squares, degree-2 terms)", *blank, quadratic))
         rows.append(("predicting 0", *blank, f"{task.predict_zero_loss():.3f}"))
         return rows
 

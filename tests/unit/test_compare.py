@@ -82,7 +82,8 @@ def test_the_table_puts_the_baselines_beside_the_remedies():
     table = vglib.RemedyTable([runs_of((0.3, 0.2, 0.25))], shallow=runs_of((0.4, 0.41, 0.42)))
     rows = table.rows()
     assert rows[0][4] == "0.250 (0.200–0.300)" and rows[1][2] == ""  # the shallow twin: no depth ratios
-    assert rows[-2] == ("linear model (least squares)", "", "", "", f"{task.linear_baseline():.3f}", "", "")
+    assert rows[-3] == ("linear model (least squares)", "", "", "", f"{task.linear_baseline():.3f}", "", "")
+    assert rows[-2][0].startswith("quadratic model") and rows[-2][4] == f"{task.quadratic_baseline():.3f}"
     assert rows[-1][0] == "predicting 0" and float(rows[-1][4]) == pytest.approx(
         task.predict_zero_loss(), abs=1e-3
     )

@@ -137,3 +137,12 @@ def test_batch_norm_members_evaluated_in_training_mode_follow_their_single_runs_
     assert_same_runs(run, one_by_one(batch_normed, data, "sgd", 0.9, eval_mode=False))
     # and the two evaluation modes differ for a batch-normalised network (running vs batch statistics)
     assert np.abs(run.eval_loss - together(batch_normed, data, "sgd", 0.9).eval_loss).max() > 1e-4
+
+
+def test_a_diverged_member_scores_nan_accuracy_not_the_share_of_class_zero():
+    x = torch.randn(200, 8, generator=torch.Generator().manual_seed(0))
+    y = (x[:, 0] > 0).long()
+    build = lambda seed: nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))  # noqa: E731
+    run = train_ensemble(build, x, y, members=[(0, 0.05), (1, 1e30)], steps=5, optimizer="sgd", eval_every=5)
+    assert 0.0 <= run.eval_accuracy[0, -1] <= 1.0  # the sane member is scored
+    assert np.isnan(run.eval_accuracy[1, -1])  # the diverged one is flagged, not scored as class 0

@@ -87,8 +87,9 @@ def test_table_shows_every_result_as_text_and_html():
     text = repr(table)
     assert "a <tanh>" in text and "b relu" in text and "steps to loss 0.5" in text
     html = table._repr_html_()
-    assert "&lt;tanh&gt;" in html and html.count("<tr>") == 5  # the header, 2 results, 2 baselines
-    linear, zero = table.rows()[-2:]
+    assert "&lt;tanh&gt;" in html and html.count("<tr>") == 6  # the header, 2 results, 3 baselines
+    linear, quadratic, zero = table.rows()[-3:]
+    assert quadratic[0].startswith("quadratic model") and len(quadratic) == len(table.header)
     assert linear[0].startswith("linear model") and float(linear[-1]) == pytest.approx(
         vglib.harness_linear_baseline(), abs=5e-4
     )
@@ -267,3 +268,24 @@ def test_first_step_gradients_are_each_layers_gradient_on_the_first_minibatch_af
     assert math.sqrt(sum(v**2 for v in grads.values())) == pytest.approx(
         1e-4, rel=1e-3
     )  # clipped to the threshold
+
+
+def test_the_quadratic_baseline_is_least_squares_on_every_degree_two_term():
+    task = vglib.harness_task("teacher")
+    (x, y), (x_test, y_test) = task.train, task.test
+
+    def design(inputs):  # by hand: 1, every x_i, every x_i x_j with i <= j
+        inputs = inputs.double()
+        i, j = torch.triu_indices(inputs.shape[1], inputs.shape[1])
+        return torch.cat(
+            [torch.ones(len(inputs), 1, dtype=torch.float64), inputs, inputs[:, i] * inputs[:, j]], 1
+        )
+
+    coef = torch.linalg.lstsq(design(x), y.double()).solution
+    expected = float(((design(x_test) @ coef - y_test.double()) ** 2).mean())
+    assert design(x).shape[1] == 153
+    assert task.quadratic_baseline() == pytest.approx(expected, rel=1e-6)
+    # the even target defeats every linear model and not a quadratic one
+    assert task.quadratic_baseline() < 0.5 * task.linear_baseline()
+    with pytest.raises(ValueError, match="regression"):
+        vglib.harness_task("digits").quadratic_baseline()
