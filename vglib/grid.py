@@ -25,7 +25,7 @@ from torch import nn
 from ._seed import SeedSpread, torch_seed
 from .diagnosis import _fitted_change, _hidden, diagnose
 from .ensemble import train_ensemble
-from .harness import HARNESS_SEEDS, Remedy, harness_first_batch
+from .harness import HARNESS_SEEDS, Remedy, _ratio, harness_first_batch
 from .probes import gradient_profile
 from .tasks import Task, harness_task, one_hidden_layer_width
 
@@ -257,7 +257,7 @@ def init_ratios(remedy: Remedy, task: str | Task, seed: int) -> tuple[float, flo
     profile = gradient_profile(model, x, y)
     stream = [i for i, name in enumerate(profile.layer_names) if not _is_gate(name)]
     first, last = profile.weight_grad_norms[stream[0]], profile.weight_grad_norms[stream[-1]]
-    weight = (math.nan if first == 0.0 else math.inf) if last == 0.0 else first / last
+    weight = _ratio(first, last)  # as the harness divides: NaN for 0/0, inf for x/0
     return float(weight), _backprop_ratio(model, x, y)
 
 
