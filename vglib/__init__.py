@@ -81,6 +81,7 @@ from .probes import (
     jacobian_singular_values,
     recurrent_gates,
     saved_for_backward_megabytes,
+    spectral_spread,
     stream_profile,
 )
 from .records import Records, load_model_state, model_state, records_mode
@@ -231,6 +232,7 @@ __all__ = [
     "seed_everything",
     "seed_offset",
     "shifted_seed",
+    "spectral_spread",
     "stream_profile",
     "teacher_student",
     "torch_seed",

@@ -37,6 +37,7 @@ __all__ = [
     "CurveFigure",
     "ProfileFigure",
     "Series",
+    "panels",
     "plot_activation_derivatives",
     "plot_curves",
     "plot_gradient_heatmap",
@@ -48,6 +49,7 @@ __all__ = [
     "plot_training_curves",
     "plot_tuning",
     "plot_update_ratios",
+    "seed_lines",
 ]
 
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#E69F00", "#CC79A7", "#56B4E9", "#000000")
@@ -65,6 +67,60 @@ def _new_figure(width: float, height: float, layout: str | None = "constrained")
     fig = Figure(figsize=(width, height), facecolor="white", layout=layout)
     FigureCanvasAgg(fig)
     return fig
+
+
+def panels(
+    count: int = 2,
+    *,
+    width: float = 8.0,
+    height: float = 3.4,
+    sharex: bool = False,
+    sharey: bool = False,
+) -> tuple[Figure, list[Axes]]:
+    """A figure of ``count`` panels side by side, as the chapters draw them: white background,
+    constrained layout, a light grid on every panel. Returns ``(figure, axes)``; the figure shows
+    itself when it ends a notebook cell."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"count must be a whole number of panels >= 1, got {count!r}")
+    for name, value in (("width", width), ("height", height)):
+        if not (isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 100):
+            raise ValueError(f"{name} must be a size in inches, > 0 and < 100, got {value!r}")
+    fig = _new_figure(width, height)
+    axes = np.atleast_1d(fig.subplots(1, count, sharex=sharex, sharey=sharey)).tolist()
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+    return fig, axes
+
+
+def seed_lines(
+    ax: Axes,
+    x: Any,
+    curves: Sequence[Any],
+    *,
+    label: str | None = None,
+    color: str | None = None,
+    linewidth: float = 0.9,
+    **style: Any,
+) -> list[Any]:
+    """One thin line per seed: ``curves[k]`` against ``x`` (the same x for every curve, or one x
+    per curve when ``x`` is a sequence of as many arrays), all in one ``color``, with ``label`` on
+    the first line only so the legend names the group once. Returns the lines drawn."""
+    curves = list(curves)
+    if not curves:
+        raise ValueError("seed_lines needs at least one curve (one per seed)")
+    per_curve = (
+        isinstance(x, Sequence | np.ndarray)
+        and len(x) == len(curves)
+        and all(np.ndim(item) == 1 and len(item) == len(c) for item, c in zip(x, curves, strict=True))
+    )
+    lines = []
+    for k, curve in enumerate(curves):
+        xs = x[k] if per_curve else x
+        (line,) = ax.plot(
+            xs, curve, color=color, linewidth=linewidth, label=label if k == 0 else None, **style
+        )
+        lines.append(line)
+    return lines
 
 
 class _NormCurve:

@@ -44,6 +44,7 @@ __all__ = [
     "jacobian_singular_values",
     "recurrent_gates",
     "saved_for_backward_megabytes",
+    "spectral_spread",
     "stream_profile",
 ]
 
@@ -82,6 +83,17 @@ class GradientProfile:
         if self.depth < 2 or last == 0.0 or not np.isfinite(first / last):
             return float("nan")
         return float((first / last) ** (1.0 / (self.depth - 1)))
+
+    def fitted_factor(self) -> float:
+        """``per_layer_factor``'s quantity (the factor by which ``||dL/dh_l||`` changes per layer
+        from the last hidden block back to the first) fitted by least squares to the logarithm of
+        every layer's norm, not read from the two ends: ``1 / fitted_growth(activation_grad_norms)``.
+        Less sensitive to one noisy end layer. NaN for a single hidden layer, or when a norm is 0 or
+        not finite (no logarithm to fit)."""
+        norms = self.activation_grad_norms
+        if self.depth < 2 or not np.all(np.isfinite(norms) & (norms > 0)):
+            return float("nan")
+        return 1.0 / fitted_growth(norms)
 
     def first_to_last_ratio(self) -> float:
         """``||dL/dW_first|| / ||dL/dW_last||``, *weight* gradients (biases excluded) of the first and
@@ -628,6 +640,22 @@ def saved_for_backward_megabytes(
     ):
         (loss_fn or default_loss)(model(x), y)
     return sum(seen.values()) / 2**20
+
+
+def spectral_spread(singular_values: np.ndarray | list[float]) -> float:
+    """How far a Jacobian is from an isometry: ``Var(s²) / E[s²]²`` over its singular values ``s``
+    (the squared coefficient of variation of the eigenvalues of ``J Jᵀ``; Pennington et al. 2017
+    track the same spectrum). 0 for an isometry (all ``s`` equal), ``n - 1`` for a rank-one
+    Jacobian of ``n`` singular values; it does not depend on the overall scale of ``s``."""
+    s = np.asarray(singular_values, dtype=np.float64)
+    if s.ndim != 1 or len(s) < 1:
+        raise ValueError("spectral_spread needs a 1-d array of singular values")
+    if not np.all(np.isfinite(s) & (s >= 0)):
+        raise ValueError("singular values must be finite and >= 0")
+    lam = s**2
+    if not lam.mean() > 0:
+        raise ValueError("spectral_spread is undefined for a Jacobian whose singular values are all 0")
+    return float(lam.var() / lam.mean() ** 2)
 
 
 def fitted_growth(values: np.ndarray | list[float], start: int = 0) -> float:

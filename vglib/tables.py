@@ -66,6 +66,22 @@ class MonitorTable:
                 seen.setdefault(name)
         return list(seen)
 
+    def mean_by_step(self, column: str, kind: str = "activation") -> tuple[np.ndarray, np.ndarray]:
+        """``(steps, means)``: at each sampled step, the mean of ``column`` over the layers of one
+        ``kind`` (e.g. the dead fraction averaged over a network's activation layers). A layer
+        whose value is NaN (the column does not apply to it) is left out of its step's mean; a step
+        with no value at all gives NaN."""
+        if kind not in ("parameters", "activation"):
+            raise ValueError(f"kind must be 'parameters' or 'activation', got {kind!r}")
+        mask = self.kind == kind
+        steps, where = np.unique(self.step[mask], return_inverse=True)
+        values = np.asarray(self[column][mask], dtype=np.float64)
+        known = ~np.isnan(values)
+        totals = np.bincount(where[known], weights=values[known], minlength=len(steps))
+        counts = np.bincount(where[known], minlength=len(steps))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return steps, np.where(counts > 0, totals / np.maximum(counts, 1), np.nan)
+
     def matrix(self, column: str, kind: str = "parameters") -> tuple[list[str], np.ndarray, np.ndarray]:
         """``(layer names, steps, values[layer, step])`` of one column: what a heat map draws."""
         names = self.layers(kind)

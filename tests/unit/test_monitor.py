@@ -205,3 +205,34 @@ def test_a_table_recorded_before_a_column_existed_reads_nan_in_it():
     assert np.isnan(old["unit_std"]).all() and len(old["unit_std"]) == 2
     with pytest.raises(KeyError, match="unit_std"):  # the message lists the columns, the new one too
         old["unit_sd"]
+
+
+def test_mean_by_step_averages_one_kind_over_layers_at_each_step():
+    nan = np.nan
+    table = vglib.MonitorTable(
+        step=np.array([0, 0, 0, 5, 5, 5, 9]),
+        layer=np.array(["linear1", "act1", "act2", "linear1", "act1", "act2", "act1"], dtype=object),
+        kind=np.array(["parameters", "activation", "activation"] * 2 + ["activation"], dtype=object),
+        columns={"dead": np.array([nan, 0.2, 0.4, nan, 0.5, nan, nan]), "grad_norm": np.arange(7.0)},
+    )
+    steps, dead = table.mean_by_step("dead")
+    np.testing.assert_array_equal(steps, [0, 5, 9])
+    np.testing.assert_allclose(dead[:2], [0.3, 0.5])  # act2's NaN at step 5 is left out
+    assert np.isnan(dead[2])  # nothing known at step 9
+    steps, grads = table.mean_by_step("grad_norm", "parameters")
+    np.testing.assert_array_equal(steps, [0, 5])
+    np.testing.assert_array_equal(grads, [0.0, 3.0])
+    # against a real monitor: the hand-written per-step mean the chapters used to write
+    torch.manual_seed(0)
+    model = vglib.build_mlp(4, 8, activation="relu")
+    x, y = batch(width=8)
+    monitor = sgd_run(model, x, y, steps=6, every=2)
+    recorded = monitor.table()
+    acts = recorded.kind == "activation"
+    steps, std = recorded.mean_by_step("std")
+    by_hand = [recorded["std"][acts & (recorded.step == s)].mean() for s in np.unique(recorded.step[acts])]
+    np.testing.assert_allclose(std, by_hand, rtol=1e-12)
+    with pytest.raises(ValueError, match="'parameters' or 'activation'"):
+        recorded.mean_by_step("std", "act")
+    with pytest.raises(KeyError, match="columns are"):
+        recorded.mean_by_step("stdd")

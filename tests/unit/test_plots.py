@@ -224,3 +224,43 @@ def test_remedy_and_tuning_figures_from_the_committed_grid():
     assert [ax.get_xscale() for ax in tuning.axes] == ["log", "log"]
     with pytest.raises(ValueError, match="same remedies"):
         vglib.plot_remedies([tables[0], vglib.RemedyTable([grid.runs("ReLU, He", "digits")])])
+
+
+def test_panels_gives_gridded_axes_side_by_side():
+    fig, axes = vglib.plots.panels(3, width=9, height=3, sharey=True)
+    assert len(axes) == 3 and fig.get_size_inches().tolist() == [9.0, 3.0]
+    lefts = [ax.get_position().x0 for ax in axes]
+    assert lefts == sorted(lefts)  # one row, left to right
+    fig.canvas.draw()
+    assert all(
+        ax.xaxis.get_gridlines()[0].get_visible() and ax.yaxis.get_gridlines()[0].get_alpha() == 0.3
+        for ax in axes
+    )
+    assert axes[0].get_shared_y_axes().joined(axes[0], axes[2])
+    _, (only,) = vglib.plots.panels(1)
+    assert not only.get_shared_y_axes().joined(only, axes[0])
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="count"):
+            vglib.plots.panels(bad)
+    with pytest.raises(ValueError, match="width"):
+        vglib.plots.panels(2, width=-1)
+
+
+def test_seed_lines_labels_the_group_once():
+    _, (ax,) = vglib.plots.panels(1)
+    curves = [np.arange(4.0) * k for k in (1, 2, 3)]
+    lines = vglib.plots.seed_lines(ax, np.arange(4), curves, label="ReLU", color="#0072B2", linestyle="--")
+    assert len(lines) == 3 and [line.get_label().startswith("_") for line in lines] == [False, True, True]
+    assert all(line.get_color() == "#0072B2" and line.get_linestyle() == "--" for line in lines)
+    np.testing.assert_array_equal(lines[2].get_ydata(), curves[2])
+    _, labels = ax.get_legend_handles_labels()
+    assert labels == ["ReLU"]
+    # one x per curve, of the curve's own length (runs that stopped at different steps)
+    xs = [np.arange(2), np.arange(5)]
+    lines = vglib.plots.seed_lines(ax, xs, [np.ones(2), np.ones(5)])
+    assert [len(line.get_xdata()) for line in lines] == [2, 5]
+    # three seeds of three points: the x is shared, not one scalar per curve
+    lines = vglib.plots.seed_lines(ax, np.arange(3.0), [np.zeros(3)] * 3)
+    assert all(np.array_equal(line.get_xdata(), np.arange(3.0)) for line in lines)
+    with pytest.raises(ValueError, match="at least one curve"):
+        vglib.plots.seed_lines(ax, np.arange(3), [])

@@ -138,6 +138,7 @@ def test_relu_he_keeps_gradients_while_variance_one_over_n_shrinks_them(seed):
     slope = np.polyfit(layers, np.log(lecun.activation_grad_norms), 1)[0]
     per_layer_factor = np.exp(-slope)  # from the output side towards the input
     assert per_layer_factor == pytest.approx(2**-0.5, abs=0.03)
+    assert lecun.fitted_factor() == pytest.approx(per_layer_factor, rel=1e-12)
 
 
 def test_cross_entropy_for_class_targets_and_custom_losses():
@@ -212,6 +213,13 @@ def test_per_layer_factor_is_the_geometric_mean_step():
     assert np.isnan(profile([1.0]).per_layer_factor())
     assert np.isnan(profile([1.0, 0.0]).per_layer_factor())
     assert profile([0.0, 1.0]).per_layer_factor() == 0.0
+    # the fitted factor: equal to the two-end one on an exact geometric sequence, not fooled by
+    # one noisy end layer, NaN where a norm has no logarithm
+    assert profile([8.0, 4.0, 2.0, 1.0]).fitted_factor() == pytest.approx(2.0)
+    noisy_end = profile([8.0 * 10, 4.0, 2.0, 1.0])
+    assert noisy_end.per_layer_factor() == pytest.approx(80 ** (1 / 3))
+    assert 2.0 < noisy_end.fitted_factor() < noisy_end.per_layer_factor()
+    assert np.isnan(profile([1.0]).fitted_factor()) and np.isnan(profile([1.0, 0.0]).fitted_factor())
 
 
 def test_forward_statistics_of_saturated_and_dead_units():
@@ -473,3 +481,26 @@ def test_an_unscaled_residual_relu_stream_doubles_forward_and_backward_per_block
     forward = vglib.fitted_growth(prof.mean_squares, 5)
     backward = 1 / vglib.fitted_growth(prof.grad_norms**2, 5)  # grows towards the input
     assert 1.8 < forward < 2.1 and 1.8 < backward < 2.2
+
+
+def test_spectral_spread_against_isometry_rank_one_and_marchenko_pastur():
+    assert vglib.spectral_spread(np.full(8, 3.0)) == 0.0  # an isometry, whatever its scale
+    assert vglib.spectral_spread([5.0, 0, 0, 0]) == pytest.approx(3.0)  # rank one of n = 4: n - 1
+    s = np.array([0.5, 1.0, 2.0])
+    assert vglib.spectral_spread(s) == pytest.approx(vglib.spectral_spread(7 * s))  # scale-free
+    # A square Gaussian matrix with variance 1/n: the eigenvalues of W W^T follow Marchenko-Pastur
+    # with ratio 1, mean 1 and variance 1, so the spread tends to 1 (to within O(1/n) at n = 400).
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(400, 400, generator=g, dtype=torch.float64) / 20.0
+    assert vglib.spectral_spread(torch.linalg.svdvals(w).numpy()) == pytest.approx(1.0, abs=0.05)
+    q, _ = torch.linalg.qr(torch.randn(64, 64, generator=g, dtype=torch.float64))
+    assert vglib.spectral_spread(torch.linalg.svdvals(q).numpy()) < 1e-12  # orthogonal
+    for bad, match in (
+        ([], "1-d"),
+        ([[1.0]], "1-d"),
+        ([1.0, -1.0], ">= 0"),
+        ([np.nan], "finite"),
+        ([0.0, 0.0], "all 0"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            vglib.spectral_spread(bad)
