@@ -34,6 +34,7 @@ from .grid import (
     GRID_LRS,
     GRID_REMEDIES,
     GRID_STEPS,
+    SHALLOW_TWIN,
     THRESHOLDS,
     GridCell,
     cells_from_json,
@@ -257,9 +258,16 @@ class Grid:
             out[lr] = SeedSpread(tuple(c.seed for c in chosen), tuple(c.final_validation for c in chosen))
         return out
 
-    def runs(self, label: str, task: str) -> TunedRuns:
+    def runs(self, label: str, task: str, *, remedy: Remedy | None = None) -> TunedRuns:
         """The grid's own runs of ``label`` on ``task`` at its chosen learning rate, as
-        ``TunedRuns`` (the ratios at initialisation from the file)."""
+        ``TunedRuns`` (the ratios at initialisation from the file). The file keeps only labels: the
+        runs' ``remedy`` is the one of vglib's catalogue (``GRID_REMEDIES``, or the shallow twin)
+        with that label, at the chosen rate; a grid of remedies of your own needs ``remedy=``
+        (the one the label stands for), since a label alone cannot rebuild a network."""
+        if remedy is None:
+            remedy = _catalogued(label, task)
+        elif not isinstance(remedy, Remedy) or remedy.label != label:
+            raise ValueError(f"remedy= must be the vglib.Remedy labelled {label!r}, got {remedy!r}")
         lr = self.lr(label, task)
         cells = tuple(sorted((c for c in self.group(label, task) if c.lr == lr), key=lambda c: c.seed))
         seeds = tuple(c.seed for c in cells)
@@ -269,11 +277,25 @@ class Grid:
             values = (float(entries[s][key]) if s in entries else math.nan for s in seeds)
             return SeedSpread(seeds, tuple(values))
 
-        return TunedRuns(Remedy(label, lr=lr), task, cells, ratio("weight_ratio"), ratio("backprop_ratio"))
+        return TunedRuns(replace(remedy, lr=lr), task, cells, ratio("weight_ratio"), ratio("backprop_ratio"))
 
     def labels(self, task: str) -> list[str]:
         """The remedies of ``task`` in the order the grid ran them."""
         return list(dict.fromkeys(c.remedy for c in self.cells if c.task == task))
+
+
+def _catalogued(label: str, task: str) -> Remedy:
+    """The remedy of vglib's grid catalogue with this label (the shallow twin of ``task`` for its
+    label); a clear error for any other label."""
+    for remedy in GRID_REMEDIES:
+        if remedy.label == label:
+            return remedy
+    if label == SHALLOW_TWIN:
+        return shallow_twin(task)
+    raise ValueError(
+        f"{label!r} is not a remedy of vglib.grid.GRID_REMEDIES: pass remedy= (the vglib.Remedy "
+        "with this label) to Grid.runs"
+    )
 
 
 class RemedyTable:
@@ -365,7 +387,7 @@ class RemedyTable:
         )
         if self.grid is None:
             return row
-        return (*row, self.grid.runs(r.remedy.label, r.task).final_text())
+        return (*row, self.grid.runs(r.remedy.label, r.task, remedy=r.remedy).final_text())
 
     def __repr__(self) -> str:
         return text_table(self.header, self.rows(), self.caption)

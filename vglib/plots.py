@@ -7,6 +7,7 @@ with a downward triangle and the floor is marked, so such a layer is never just 
 
 from __future__ import annotations
 
+import numbers
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -80,13 +81,13 @@ def panels(
     """A figure of ``count`` panels side by side, as the chapters draw them: white background,
     constrained layout, a light grid on every panel. Returns ``(figure, axes)``; the figure shows
     itself when it ends a notebook cell."""
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+    if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 1:
         raise ValueError(f"count must be a whole number of panels >= 1, got {count!r}")
     for name, value in (("width", width), ("height", height)):
         if not (isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 100):
             raise ValueError(f"{name} must be a size in inches, > 0 and < 100, got {value!r}")
     fig = _new_figure(width, height)
-    axes = np.atleast_1d(fig.subplots(1, count, sharex=sharex, sharey=sharey)).tolist()
+    axes = np.atleast_1d(fig.subplots(1, int(count), sharex=sharex, sharey=sharey)).tolist()
     for ax in axes:
         ax.grid(True, alpha=0.3)
     return fig, axes

@@ -2,11 +2,21 @@
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 
 import vglib
-from vglib.grid import GRID_LRS, GridCell, cells_to_json, choose_lr, init_ratios, run_group
+from vglib.grid import (
+    GRID_LRS,
+    GRID_REMEDIES,
+    SHALLOW_TWIN,
+    GridCell,
+    cells_to_json,
+    choose_lr,
+    init_ratios,
+    run_group,
+)
 
 TINY = vglib.Remedy("tiny tanh", activation="tanh", init="xavier", depth=3, width=16, lr=1e-2)
 
@@ -70,8 +80,13 @@ def test_the_grid_file_is_read_back_with_the_validation_choice(tmp_path):
     assert grid.lr("a", "teacher") == choose_lr(cells, "mse") == 1e-2  # median 0.3 beats 0.5
     assert grid.tuned(TINY.but("a"), "teacher").lr == 1e-2
     assert grid.tuning("a", "teacher")[1e-3].median == 0.5  # validation, not test
-    runs = grid.runs("a", "teacher")
+    with pytest.raises(ValueError, match="not a remedy of vglib.grid.GRID_REMEDIES: pass remedy="):
+        grid.runs("a", "teacher")  # a label alone cannot rebuild a network
+    runs = grid.runs("a", "teacher", remedy=TINY.but("a"))
     assert runs.final.values == pytest.approx((0.31, 0.91, 0.21)) and runs.weight_ratio.median == 1.5
+    assert runs.remedy == replace(TINY.but("a"), lr=1e-2)
+    with pytest.raises(ValueError, match="labelled 'a'"):
+        grid.runs("a", "teacher", remedy=TINY)
     assert grid.labels("teacher") == ["a"]
     with pytest.raises(ValueError, match="no remedy 'b'.*'a'"):
         grid.lr("b", "teacher")
@@ -127,3 +142,18 @@ def test_a_chapter_table_runs_the_named_remedies_and_the_shallow_twin_at_their_c
     )
     with pytest.raises(ValueError, match="no remedy 'ReLU, Hee'"):
         vglib.compare_tuned(grid, ["ReLU, Hee"], "digits")
+
+
+def test_grid_runs_carry_the_catalogued_remedy_not_just_its_label(tmp_path):
+    highway = next(r for r in GRID_REMEDIES if r.skip == "highway")
+    best = GRID_LRS[2]
+    labels = (highway.label, SHALLOW_TWIN)
+    cells = [GridCell(label, "teacher", lr, s, (10,), (0.3 if lr == best else 0.6,), (0.3,))
+             for label in labels for lr in GRID_LRS[1:4] for s in range(3)]  # fmt: skip
+    path = tmp_path / "grid.json"
+    path.write_text(json.dumps({"meta": {}, "cells": cells_to_json(cells), "init": []}))
+    grid = vglib.Grid.load(path)
+    runs = grid.runs(highway.label, "teacher")
+    assert runs.remedy == replace(highway, lr=best) and runs.remedy.skip == "highway"
+    twin = grid.runs(SHALLOW_TWIN, "teacher").remedy
+    assert twin == replace(vglib.grid.shallow_twin("teacher"), lr=best) and twin.depth == 1

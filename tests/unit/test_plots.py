@@ -237,7 +237,7 @@ def test_panels_gives_gridded_axes_side_by_side():
         for ax in axes
     )
     assert axes[0].get_shared_y_axes().joined(axes[0], axes[2])
-    _, (only,) = vglib.plots.panels(1)
+    _, (only,) = vglib.plots.panels(np.int64(1))  # any integer type
     assert not only.get_shared_y_axes().joined(only, axes[0])
     for bad in (0, 1.5, True):
         with pytest.raises(ValueError, match="count"):
