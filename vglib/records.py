@@ -81,6 +81,19 @@ AVX2 kernels, MKL's AVX2 branch (its conditional numerical reproducibility, whic
 CPUs) and oneDNN capped at AVX2."""
 
 
+def cpu_model() -> str:
+    """The CPU's model name from Linux's ``/proc/cpuinfo`` (``platform.processor()`` elsewhere):
+    two CPUs of one vendor and kernel level can still run different MKL code paths."""
+    import platform
+    import re
+
+    cpuinfo = Path("/proc/cpuinfo")
+    match = (
+        re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.MULTILINE) if cpuinfo.exists() else None
+    )
+    return match.group(1).strip() if match else platform.processor()
+
+
 def cpu_vendor() -> str:
     """The CPU vendor (``GenuineIntel``, ``AuthenticAMD``, ...; ``platform.machine()`` where Linux's
     ``/proc/cpuinfo`` does not say)."""
