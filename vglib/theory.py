@@ -228,8 +228,12 @@ def predicted_gradient_norms(
 
 
 def rnn_vanishing_radius(activation: str) -> float:
-    """``1 / sup|phi'|``: below this spectral radius of ``W_hh``, gradients through time are
-    guaranteed to vanish exponentially (Pascanu, Mikolov & Bengio 2013): 1 for tanh, 4 for sigmoid."""
+    """``1 / sup|phi'|``: 1 for tanh, 4 for sigmoid. If the *largest singular value* ``||W_hh||_2``
+    is below it, gradients through time are guaranteed to vanish exponentially, at least as
+    ``(sup|phi'| ||W_hh||_2)^k`` over ``k`` steps (Pascanu, Mikolov & Bengio 2013). The spectral
+    radius (largest |eigenvalue|) is never larger than ``||W_hh||_2`` and can be much smaller for a
+    non-normal matrix, so a spectral radius below this value guarantees nothing by itself; for a
+    scaled orthogonal ``W_hh`` (``build_rnn``'s default) the two are equal."""
     return 1.0 / get_activation(activation).derivative_bound
 
 

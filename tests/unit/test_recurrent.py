@@ -77,6 +77,22 @@ def test_gradients_through_time_obey_the_pascanu_bound():
     assert vglib.rnn_vanishing_radius("sigmoid") == 4.0
 
 
+def test_the_guarantee_is_on_the_largest_singular_value_not_the_spectral_radius():
+    # A non-normal W_hh (Gaussian, rescaled to spectral radius 0.9) has ||W||_2 well above 1, so
+    # Pascanu's sufficient condition fails although rho < 1/gamma; rescaled to ||W||_2 = 0.9
+    # instead, the bound 0.9^k holds at every lag.
+    model = vglib.build_rnn(32, "tanh", 0.9, recurrent_init="lecun", seed=0)
+    w = model.recurrent.weight.detach().double()
+    assert abs(torch.linalg.eigvals(w).abs().max().item() - 0.9) < 1e-5
+    assert torch.linalg.matrix_norm(w, ord=2).item() > 1.2 > vglib.rnn_vanishing_radius("tanh")
+    with torch.no_grad():
+        model.recurrent.weight.mul_(0.9 / torch.linalg.matrix_norm(w, ord=2).item())
+    x, y = vglib.adding_problem(64, 40, seed=0)
+    norms = vglib.bptt_gradient_norms(model, x, y)
+    lags = np.arange(40)[::-1]
+    assert np.all(norms <= norms[-1] * 0.9**lags * (1 + 1e-5))
+
+
 def test_bptt_rejects_models_without_states():
     with pytest.raises(TypeError, match="return_states"):
         vglib.bptt_gradient_norms(vglib.build_mlp(2, 4, in_features=2), torch.randn(3, 2), torch.randn(3, 1))
