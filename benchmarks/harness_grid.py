@@ -33,7 +33,7 @@ import torch
 
 import vglib
 from vglib import grid
-from vglib.records import cpu_model, cpu_vendor
+from vglib.records import cpu_signature
 from vglib.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,14 +52,9 @@ def remedies_for(task: str, labels: list[str] | None) -> list[vglib.Remedy]:
 
 
 def writer() -> dict:
-    """The arithmetic that writes the file: CPU vendor and model and PyTorch's kernel level, one
-    thread per worker. tests/test_harness_grid.py requires an exact re-run where they match."""
-    return {
-        "vendor": cpu_vendor(),
-        "model": cpu_model(),
-        "capability": torch.backends.cpu.get_cpu_capability(),
-        "threads": 1,
-    }
+    """The arithmetic that writes the file: the CPU (``vglib.records.cpu_signature``) and one thread
+    per worker. tests/test_harness_grid.py requires an exact re-run where they match."""
+    return {**cpu_signature(), "threads": 1}
 
 
 def check_writer(saved: dict) -> None:

@@ -21,7 +21,7 @@ import torch
 
 import vglib
 from vglib import grid
-from vglib.records import cpu_model, cpu_vendor
+from vglib.records import cpu_signature
 from vglib.tasks import TASKS, harness_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,12 +55,7 @@ def writer_path() -> bool:
     """Whether this CPU runs the arithmetic that wrote the file: the vendor, model and PyTorch's
     kernel level recorded in its meta (on one thread)."""
     cpu = FILE["meta"].get("cpu", {})
-    here = {
-        "vendor": cpu_vendor(),
-        "model": cpu_model(),
-        "capability": torch.backends.cpu.get_cpu_capability(),
-    }
-    return all(cpu.get(key) == value for key, value in here.items())
+    return all(cpu.get(key) == value for key, value in cpu_signature().items())
 
 
 def followable(label: str, old: grid.GridCell) -> bool:

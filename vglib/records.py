@@ -67,6 +67,8 @@ __all__ = [
     "RECORDS_MODES",
     "RecordedMonitor",
     "Records",
+    "cpu_model",
+    "cpu_signature",
     "cpu_vendor",
     "load_model_state",
     "model_state",
@@ -81,30 +83,41 @@ AVX2 kernels, MKL's AVX2 branch (its conditional numerical reproducibility, whic
 CPUs) and oneDNN capped at AVX2."""
 
 
+def _cpuinfo(field: str) -> str | None:
+    """One field of Linux's ``/proc/cpuinfo`` (its first CPU), or None where there is none."""
+    import re
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        return None
+    match = re.search(rf"^{field}\s*:\s*(.+)$", cpuinfo.read_text(), re.MULTILINE)
+    return match.group(1).strip() if match else None
+
+
 def cpu_model() -> str:
     """The CPU's model name from Linux's ``/proc/cpuinfo`` (``platform.processor()`` elsewhere):
     two CPUs of one vendor and kernel level can still run different MKL code paths."""
     import platform
-    import re
 
-    cpuinfo = Path("/proc/cpuinfo")
-    match = (
-        re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.MULTILINE) if cpuinfo.exists() else None
-    )
-    return match.group(1).strip() if match else platform.processor()
+    return _cpuinfo("model name") or platform.processor()
 
 
 def cpu_vendor() -> str:
     """The CPU vendor (``GenuineIntel``, ``AuthenticAMD``, ...; ``platform.machine()`` where Linux's
     ``/proc/cpuinfo`` does not say)."""
     import platform
-    import re
 
-    cpuinfo = Path("/proc/cpuinfo")
-    match = (
-        re.search(r"^vendor_id\s*:\s*(\S+)", cpuinfo.read_text(), re.MULTILINE) if cpuinfo.exists() else None
-    )
-    return match.group(1) if match else platform.machine()
+    return _cpuinfo("vendor_id") or platform.machine()
+
+
+def cpu_signature() -> dict[str, str]:
+    """What decides the arithmetic of a one-thread CPU run beyond the code: the vendor, the model
+    and PyTorch's kernel level (``torch.backends.cpu.get_cpu_capability()``)."""
+    return {
+        "vendor": cpu_vendor(),
+        "model": cpu_model(),
+        "capability": torch.backends.cpu.get_cpu_capability(),
+    }
 
 
 def records_mode() -> str:
