@@ -33,7 +33,9 @@ ADDING_BASELINE_MSE = 1.0 / 6.0
 
 
 def adding_problem(n_sequences: int, length: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """The adding problem (Hochreiter & Schmidhuber 1997; Le et al. 2015).
+    """The adding problem in the form Le et al. (2015) used; Hochreiter & Schmidhuber's (1997)
+    original draws the values from [-1, 1], marks the first number among the first ten steps, and
+    asks for 0.5 + (X1 + X2) / 4.
 
     Each sequence has ``length`` steps of two features: a value ``U(0, 1)`` and a marker that is
     1 at exactly two steps, one in each half of the sequence, 0 elsewhere. The target is the sum

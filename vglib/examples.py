@@ -19,12 +19,12 @@ from torch import nn
 
 from ._validation import check_choice
 from .diagnosis import Diagnosis
-from .models import build_mlp
+from .models import build_gaussian_mlp, build_mlp
 from .train import TrainingHistory
 
 __all__ = [
-    "LOOKALIKES", "AddingLSTM", "BasicBlock", "ResNetBN", "ScaledSigmoid", "lookalike", "sigmoid_cnn",
-    "signature", "signature_table",
+    "LOOKALIKES", "AddingLSTM", "BasicBlock", "ResNetBN", "ScaledSigmoid", "lookalike", "lookalike_training",
+    "sigmoid_cnn", "signature", "signature_table",
 ]  # fmt: skip
 
 
@@ -103,8 +103,11 @@ LOOKALIKES = (
     "forward collapse",
     "detached graph",
     "saturated output",
+    "too much weight decay",
+    "exploding gradients",
 )
-"""The conditions ``lookalike`` builds: the real thing first, then five that stall training too."""
+"""The conditions ``lookalike`` builds: the real thing first, then six that stall or wreck training
+too, the last its opposite."""
 
 
 def lookalike(name: str, seed: int = 0) -> tuple[nn.Module, float]:
@@ -122,7 +125,12 @@ def lookalike(name: str, seed: int = 0) -> tuple[nn.Module, float]:
       gradient reaches blocks 1-10, lr 0.02;
     - *saturated output*: tanh/Xavier with a squashing output ``8 sigmoid(z) - 4`` (``ScaledSigmoid``:
       its range holds the targets) and the head's bias at 10, so the output sits on the sigmoid's
-      flat tail (derivative ``8 sigmoid'(10) = 3.6e-4``), lr 0.02.
+      flat tail (derivative ``8 sigmoid'(10) = 3.6e-4``), lr 0.02;
+    - *too much weight decay*: a healthy tanh/Xavier student at lr 0.02 trained with weight decay
+      1 (``lookalike_training`` gives it), which pulls every weight towards 0 faster than the
+      data pull it anywhere, until the gradients vanish *during* training;
+    - *exploding gradients*: ReLU with weights ``N(0, 8/fan_in)``, four times He's variance, so
+      the backward (and forward) signal grows by about 2 per layer, lr 0.02.
     """
     check_choice("look-alike", name, LOOKALIKES)
 
@@ -148,9 +156,21 @@ def lookalike(name: str, seed: int = 0) -> tuple[nn.Module, float]:
             model = student("tanh", "xavier")
             model.act10.register_forward_hook(_detach)
             return model, 0.02
+        if name == "too much weight decay":
+            return student("tanh", "xavier"), 0.02
+        if name == "exploding gradients":
+            return build_gaussian_mlp(20, 64, "relu", 8.0, seed=seed, in_features=16), 0.02
         model = student("tanh", "xavier")
         model.head.bias.fill_(10.0)
         return nn.Sequential(model, ScaledSigmoid()), 0.02
+
+
+def lookalike_training(name: str) -> dict[str, float]:
+    """The ``vglib.train`` settings of look-alike ``name``'s demonstration beside SGD with momentum
+    0.9: its learning rate (as ``lookalike`` returns it) and its weight decay (0 but for *too much
+    weight decay*)."""
+    check_choice("look-alike", name, LOOKALIKES)
+    return {"lr": lookalike(name)[1], "weight_decay": 1.0 if name == "too much weight decay" else 0.0}
 
 
 class ScaledSigmoid(nn.Module):
@@ -165,14 +185,15 @@ def _detach(_module: nn.Module, _args: Any, output: torch.Tensor) -> torch.Tenso
     return output.detach()
 
 
-def signature(report: Diagnosis, run: TrainingHistory) -> dict[str, Any]:
+def signature(report: Diagnosis, run: TrainingHistory, after: Diagnosis | None = None) -> dict[str, Any]:
     """One row of what the instruments show for a model: ``diagnose``'s verdict and findings
-    before training, the loss it measured (``report`` made on the held-out set: the loss before
-    training), the held-out loss at the run's first and last evaluation, and from the run's
-    monitor (``monitor_every`` must have been set) the median update ratio of the first and the
-    last hidden layer (``||dW|| / ||W||`` per step), the largest fraction of dead units in any
-    activation module, and the smallest spread of an activation's units over the batch relative
-    to its overall spread (``unit_std / std``), all over the run."""
+    before training (and, with ``after``, the verdict of a ``diagnose`` of the trained model), the
+    loss it measured (``report`` made on the held-out set: the loss before training), the held-out
+    loss at the run's first and last evaluation, and from the run's monitor (``monitor_every`` must
+    have been set) the median update ratio of the first and the last hidden layer (``||dW|| / ||W||``
+    per step), the largest fraction of dead units in any activation module, and the smallest spread
+    of an activation's units over the batch relative to its overall spread (``unit_std / std``), all
+    over the run."""
     if run.monitor is None:
         raise ValueError("signature needs a run trained with monitor_every set (it reads the monitor)")
     table = run.monitor.table()
@@ -189,7 +210,7 @@ def signature(report: Diagnosis, run: TrainingHistory) -> dict[str, Any]:
     with np.errstate(invalid="ignore", divide="ignore"):
         spread = table["unit_std"][acts] / table["std"][acts]
     dead = table["dead"][acts]
-    return {
+    row = {
         "verdict": report.status,
         "findings": ", ".join(dict.fromkeys(f.rule for f in report.findings)) or "-",
         "loss start": float(report.flow.loss),
@@ -200,18 +221,27 @@ def signature(report: Diagnosis, run: TrainingHistory) -> dict[str, Any]:
         "dead max": float(np.nanmax(dead)) if np.isfinite(dead).any() else math.nan,
         "spread min": float(np.nanmin(spread)) if np.isfinite(spread).any() else math.nan,
     }
+    if after is not None:
+        row["verdict after"] = after.status
+    return row
 
 
 def signature_table(rows: dict[str, dict[str, Any]]) -> str:
     """``signature`` rows as a plain-text table, one line per condition, at the few digits the
     comparison needs (the update ratios and spreads span tens of decades); "-" where a column does
-    not apply (dead units, for activations other than the ReLU family)."""
+    not apply (dead units, for activations other than the ReLU family). Rows with a verdict after
+    training show it beside the one before, ``before -> after``."""
 
     def number(value: float, spec: str) -> str:
         return "-" if math.isnan(value) else format(value, spec)
 
+    verdicts = {
+        name: r["verdict"] + (f" -> {r['verdict after']}" if "verdict after" in r else "")
+        for name, r in rows.items()
+    }
+    verdict_width = max(11, *(len(v) + 2 for v in verdicts.values()))
     header = (
-        f"{'condition':<27}{'diagnose':<11}{'findings':<40}{'loss: start, 1st eval, end':>27}"
+        f"{'condition':<27}{'diagnose':<{verdict_width}}{'findings':<40}{'loss: start, 1st eval, end':>27}"
         f"{'update ratio 1st/last':>23}{'dead max':>10}{'spread min':>12}"
     )
     lines = [header, "-" * len(header)]
@@ -219,7 +249,7 @@ def signature_table(rows: dict[str, dict[str, Any]]) -> str:
         loss = f"{r['loss start']:.2g} -> {r['loss first']:.2g} -> {r['loss last']:.2g}"
         updates = f"{r['update first']:.0e} / {r['update last']:.0e}"
         lines.append(
-            f"{name:<27}{r['verdict']:<11}{r['findings']:<40}{loss:>27}{updates:>23}"
+            f"{name:<27}{verdicts[name]:<{verdict_width}}{r['findings']:<40}{loss:>27}{updates:>23}"
             f"{number(r['dead max'], '.2f'):>10}{number(r['spread min'], '.0e'):>12}"
         )
     return "\n".join(lines)

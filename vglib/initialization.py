@@ -30,12 +30,14 @@ from ._validation import check_choice, check_positive_int
 
 __all__ = [
     "INITS",
+    "centre_sigmoid_biases",
     "hidden_weight_layers",
     "init_layer",
     "init_variance",
     "init_weights",
     "layer_seed",
     "lsuv_init",
+    "scale_weights",
     "weight_layers",
 ]
 
@@ -143,6 +145,31 @@ def init_weights(model: nn.Module, scheme: str, *, seed: int = 0) -> nn.Module:
 
 
 @torch.no_grad()
+def centre_sigmoid_biases(model: nn.Module) -> nn.Module:
+    """Give every Linear layer after the first the bias ``b = -W 1 / 2``, in place; returns ``model``.
+
+    A sigmoid's output has mean about 1/2, and ``sigma(z) = 1/2 + tanh(z/2)/2``: subtracting
+    ``W`` times the constant 1/2 from the next layer's pre-activation removes the offset, so that
+    a sigmoid network with these biases (and a zero first bias) computes exactly what a tanh
+    network computes with its first layer's weights halved and the others quartered (LeCun et
+    al. 1998 recommend centred activations for this reason). Meant for sigmoid MLPs such as
+    ``build_mlp(..., activation="sigmoid")`` and ``build_gaussian_mlp``; the first Linear layer
+    (which sees the centred input) is left as it is.
+    """
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if len(linears) < 2:
+        raise ValueError(
+            f"centre_sigmoid_biases needs a model with at least two nn.Linear layers, {type(model).__name__} "
+            f"has {len(linears)}"
+        )
+    for layer in linears[1:]:
+        if layer.bias is None:
+            raise ValueError("centre_sigmoid_biases needs every Linear layer after the first to have a bias")
+        layer.bias.copy_(-0.5 * layer.weight.sum(dim=1))
+    return model
+
+
+@torch.no_grad()
 def lsuv_init(
     model: nn.Module, x: torch.Tensor, *, tol: float = 0.05, max_iter: int = 10, seed: int = 0
 ) -> nn.Module:
@@ -174,4 +201,36 @@ def lsuv_init(
                     layer.weight.div_(std)
             finally:
                 handle.remove()
+    return model
+
+
+@torch.no_grad()
+def scale_weights(model: nn.Module, gain: float, *, bias_variance: float = 0.0, seed: int = 0) -> nn.Module:
+    """Multiply the weights of every hidden Linear/Conv layer of ``model`` (all but the head; see
+    ``hidden_weight_layers``) by ``gain``, in place; returns ``model``.
+
+    With ``bias_variance > 0`` those layers' biases are redrawn from ``N(0, bias_variance)``, hidden
+    layer ``i`` from its own seed ``layer_seed(seed, 2**31 + i)`` (as ``build_gaussian_mlp`` does), so
+    ``scale_weights(build_mlp(..., init="orthogonal"), sigma_w, bias_variance=sigma_b2)`` is the
+    orthogonal network of mean-field theory at ``(sigma_w^2, sigma_b^2)``. The global RNG state is
+    left as it was.
+    """
+    if isinstance(gain, bool) or not isinstance(gain, (int, float)) or not math.isfinite(gain):
+        raise TypeError(f"gain must be a finite number, got {gain!r}")
+    if not bias_variance >= 0:
+        raise ValueError(f"bias_variance must be >= 0, got {bias_variance!r}")
+    names = hidden_weight_layers(model)
+    if not names:
+        raise ValueError(
+            f"{type(model).__name__} has no hidden layers to scale; scale_weights handles nn.Linear, "
+            "nn.Conv1d, nn.Conv2d and nn.Conv3d, and leaves the last one (the head) alone"
+        )
+    modules = dict(model.named_modules())
+    for index, name in enumerate(names):
+        layer = modules[name]
+        layer.weight.mul_(gain)
+        if bias_variance > 0 and layer.bias is not None:
+            generator = torch.Generator().manual_seed(layer_seed(seed, 2**31 + index))
+            noise = torch.randn(layer.bias.shape, generator=generator, dtype=layer.bias.dtype)
+            layer.bias.copy_(noise * math.sqrt(bias_variance))
     return model

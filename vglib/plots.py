@@ -529,21 +529,48 @@ def plot_gradient_heatmap(table: MonitorTable, column: str = "grad_norm", kind: 
 
 
 def plot_update_ratios(table: MonitorTable, rule_of_thumb: float = 1e-3) -> Figure:
-    """Update-to-weight ratio per layer over training, with the ~1e-3 rule of thumb marked."""
+    """Update-to-weight ratio per layer over training, with the ~1e-3 rule of thumb marked.
+
+    A step where a layer did not change at all (a ratio of exactly 0: its update was below float32's
+    resolution of its weights) has no logarithm; it is drawn at a floor a decade below the smallest
+    non-zero ratio, with a downward triangle, and counted in a note, so such a layer is never just
+    missing. Layers are coloured from the input side (dark) to the output side (light); up to 12
+    get a legend, more a colour bar.
+    """
     names, steps, values = table.matrix("update_ratio")
     if not names or np.isnan(values).all():
         raise ValueError("the table holds no update ratios (give the monitor an optimizer, or step(lr=...))")
+    positive = values[np.isfinite(values) & (values > 0)]
+    floor = 10.0 ** (np.floor(np.log10(positive.min())) - 1) if positive.size else 1e-12
     fig = _new_figure(6.4, 3.8)
     ax = fig.add_subplot()
-    colors = mpl.colormaps["viridis"](np.linspace(0, 0.9, len(names)))
+    cmap = mpl.colormaps["viridis"]
+    colors = cmap(np.linspace(0, 0.9, len(names)))
+    zeros = 0
     for name, row, color in zip(names, values, colors, strict=True):
-        ax.plot(steps, row, color=color, linewidth=1, label=name)
-    ax.axhline(rule_of_thumb, color="#D55E00", linestyle="--", label=f"rule of thumb {rule_of_thumb:g}")
+        zero = row == 0.0
+        zeros += int(zero.sum())
+        ax.plot(steps, np.where(zero, floor, row), color=color, linewidth=1, label=name)
+        ax.plot(steps[zero], np.full(int(zero.sum()), floor), linestyle="none", marker="v", markersize=4,
+                color=color)  # fmt: skip
+    rule = ax.axhline(
+        rule_of_thumb, color="#D55E00", linestyle="--", label=f"rule of thumb {rule_of_thumb:g}"
+    )
     ax.set_yscale("log")
     ax.set(xlabel="training step", ylabel="||ΔW|| / ||W||", title="update-to-weight ratio per layer")
     ax.grid(True, alpha=0.3)
+    if zeros:
+        ax.axhline(floor, color="0.5", linestyle=":", linewidth=1)
+        ax.text(0.99, 0.02, f"▼ {zeros} ratio(s) exactly 0 (no change in float32), drawn at {floor:.0e}",
+                transform=ax.transAxes, ha="right", va="bottom", fontsize=8)  # fmt: skip
     if len(names) <= 12:
         ax.legend(fontsize=7, framealpha=1.0, ncol=2)
+    else:
+        ax.legend(handles=[rule], fontsize=7, framealpha=1.0, loc="upper right")
+        mappable = mpl.cm.ScalarMappable(cmap=mpl.colors.ListedColormap(colors))
+        bar = fig.colorbar(mappable, ax=ax, ticks=[0.5 / len(names), 1 - 0.5 / len(names)], pad=0.02)
+        bar.ax.set_yticklabels([names[0], names[-1]], fontsize=7)
+        bar.set_label("layer", fontsize=8)
     return fig
 
 
@@ -718,4 +745,82 @@ def plot_tuning(grid: Grid, labels: Sequence[str], tasks: Sequence[str] = ("teac
             ax.set_ylim(0.0, 1.0)
         ax.grid(True, alpha=0.3)
     axes[-1].legend(fontsize=7, framealpha=1.0, loc="lower right")
+    return fig
+
+
+def plot_phase_diagram(
+    activation: str,
+    sigma_w2s: Sequence[float],
+    sigma_b2s: Sequence[float],
+    marks: Mapping[str, tuple[float, float]] | None = None,
+) -> Figure:
+    """The order-to-chaos phase diagram (Poole et al. 2016; Schoenholz et al. 2017): ``chi_1`` over
+    the ``(sigma_w^2, sigma_b^2)`` plane as a heat map (log scale, centred on 1), with the critical
+    line ``chi_1 = 1`` drawn and optional labelled points ``marks[label] = (sigma_w2, sigma_b2)``."""
+    from .theory import chi_1
+
+    w = np.asarray(sigma_w2s, dtype=np.float64)
+    b = np.asarray(sigma_b2s, dtype=np.float64)
+    if w.ndim != 1 or b.ndim != 1 or len(w) < 2 or len(b) < 2 or (w <= 0).any() or (b < 0).any():
+        raise ValueError("sigma_w2s (> 0) and sigma_b2s (>= 0) must each hold at least two values")
+    chis = np.array([[chi_1(activation, float(sw), float(sb)) for sw in w] for sb in b])
+    fig = _new_figure(6.0, 3.8)
+    ax = fig.add_subplot()
+    extent = float(np.max(np.abs(np.log(chis))))
+    mesh = ax.pcolormesh(w, b, np.log(chis), cmap="RdBu_r", vmin=-extent, vmax=extent, shading="gouraud")
+    ax.contour(w, b, chis, levels=[1.0], colors="k", linewidths=1.5)
+    marks = marks or {}
+    for i, (label, (sw, sb)) in enumerate(marks.items()):
+        ax.plot([sw], [sb], marker="os^D"[i % 4], color="k", markersize=6, linestyle="none", label=label)
+    if marks:
+        ax.legend(fontsize=8, framealpha=1.0, loc="upper left")
+    fig.colorbar(mesh, ax=ax, label=r"$\ln \chi_1$  (< 0 ordered, > 0 chaotic)")
+    ax.set(
+        xlabel=r"$\sigma_w^2$", ylabel=r"$\sigma_b^2$", title=f"{activation}: order (blue) and chaos (red)"
+    )
+    return fig
+
+
+def plot_trainable_depth(
+    sigma_w2s: np.ndarray,
+    depths: np.ndarray,
+    fraction: np.ndarray,
+    theory: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    boundaries: Mapping[float, float] | None = None,
+) -> Figure:
+    """The share of seeds trained over ``(sigma_w^2, depth)`` as a heat map (depth on a log axis),
+    with theory curves ``theory[label] = (sigma_w2 grid, depth)`` over it (e.g. ``6 xi_c``) and the
+    fitted boundary depth per ``sigma_w^2`` as points where ``boundaries`` gives it (Schoenholz et al.
+    2017, Fig. 6, in miniature)."""
+    sigma_w2s, depths, fraction = (np.asarray(a, dtype=np.float64) for a in (sigma_w2s, depths, fraction))
+    if fraction.shape != (len(sigma_w2s), len(depths)):
+        raise ValueError(f"fraction must have shape (len(sigma_w2s), len(depths)), got {fraction.shape}")
+
+    def edges(v: np.ndarray, log: bool) -> np.ndarray:
+        v = np.log(v) if log else v
+        mid = (v[1:] + v[:-1]) / 2
+        out = np.concatenate([[v[0] - (mid[0] - v[0])], mid, [v[-1] + (v[-1] - mid[-1])]])
+        return np.exp(out) if log else out
+
+    fig = _new_figure(6.4, 4.0)
+    ax = fig.add_subplot()
+    mesh = ax.pcolormesh(
+        edges(sigma_w2s, False), edges(depths, True), fraction.T, cmap="Greens", vmin=0, vmax=1
+    )
+    fig.colorbar(mesh, ax=ax, label="share of seeds trained")
+    for i, (label, (x, y)) in enumerate(theory.items()):
+        ax.plot(
+            x, y, color=OKABE_ITO[(i + 1) % 7], linestyle=("-", "--", ":")[i % 3], linewidth=1.8, label=label
+        )
+    if boundaries:
+        finite = {w: d for w, d in boundaries.items() if np.isfinite(d)}
+        ax.plot(list(finite), list(finite.values()), "ko", markersize=5, label="fitted boundary $L_{max}$")
+    ax.set_yscale("log")
+    ax.set_ylim(edges(depths, True)[0], edges(depths, True)[-1])
+    ax.set_xlim(edges(sigma_w2s, False)[0], edges(sigma_w2s, False)[-1])
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    ax.set_yticks(depths)
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.set(xlabel=r"$\sigma_w^2$", ylabel="depth (hidden layers)", title="trainable depth: tanh, digits")
+    ax.legend(fontsize=8, framealpha=1.0, loc="upper right")
     return fig

@@ -84,14 +84,22 @@ class GradientProfile:
             return float("nan")
         return float((first / last) ** (1.0 / (self.depth - 1)))
 
-    def fitted_factor(self) -> float:
+    def fitted_factor(self, *, skip_underflow: bool = False) -> float:
         """``per_layer_factor``'s quantity (the factor by which ``||dL/dh_l||`` changes per layer
         from the last hidden block back to the first) fitted by least squares to the logarithm of
         every layer's norm, not read from the two ends: ``1 / fitted_growth(activation_grad_norms)``.
         Less sensitive to one noisy end layer. NaN for a single hidden layer, or when a norm is 0 or
-        not finite (no logarithm to fit)."""
+        not finite (no logarithm to fit).
+
+        With ``skip_underflow=True``, a gradient that vanished so far that the input-side layers
+        underflowed to exactly 0 is fitted over the layers after the last zero, where it can still be
+        measured (NaN if fewer than two are left, or if a norm there is not finite).
+        """
         norms = self.activation_grad_norms
-        if self.depth < 2 or not np.all(np.isfinite(norms) & (norms > 0)):
+        if skip_underflow:
+            zeros = np.flatnonzero(norms == 0.0)
+            norms = norms[zeros[-1] + 1 :] if zeros.size else norms
+        if norms.size < 2 or not np.all(np.isfinite(norms) & (norms > 0)):
             return float("nan")
         return 1.0 / fitted_growth(norms)
 
@@ -253,7 +261,10 @@ class ForwardStatistics:
     (example, unit) pairs with ``phi'(z) < SATURATION_THRESHOLD * sup phi'`` and ``dead_fraction``
     the fraction of units with ``phi'(z) = 0`` for every example of the batch, and
     ``activation_mean``/``activation_variance`` the mean and variance of ``phi(z_l)`` over the
-    batch and the units (what self-normalising networks keep at 0 and 1); otherwise NaN.
+    batch and the units (what self-normalising networks keep at 0 and 1), and
+    ``derivative_rms`` the root mean square of ``phi'(z_l)`` over the batch and the units (the
+    activation's share of a layer's typical backward factor, to set beside ``sup |phi'|``);
+    otherwise NaN.
     """
 
     layer_names: tuple[str, ...]
@@ -263,6 +274,7 @@ class ForwardStatistics:
     dead_fraction: np.ndarray
     activation_mean: np.ndarray
     activation_variance: np.ndarray
+    derivative_rms: np.ndarray
 
 
 @torch.no_grad()
@@ -293,10 +305,8 @@ def forward_statistics(model: nn.Module, x: torch.Tensor, activation: str | None
     nan = np.full(len(hidden), np.nan)
     variance = np.array([float(z.double().var()) for _, z in hidden])
     if act is None:
-        return ForwardStatistics(
-            tuple(n for n, _ in hidden), variance, nan, nan.copy(), nan.copy(), nan.copy(), nan.copy()
-        )
-    second, saturated, dead, mean, var = [], [], [], [], []
+        return ForwardStatistics(tuple(n for n, _ in hidden), variance, *(nan.copy() for _ in range(6)))
+    second, saturated, dead, mean, var, slope_rms = [], [], [], [], [], []
     for _, z in hidden:
         z = z.double()
         slope = act.derivative(z)
@@ -304,6 +314,7 @@ def forward_statistics(model: nn.Module, x: torch.Tensor, activation: str | None
         second.append(float(h.pow(2).mean()))
         mean.append(float(h.mean()))
         var.append(float(h.var()))
+        slope_rms.append(float(slope.pow(2).mean().sqrt()))
         saturated.append(float((slope < SATURATION_THRESHOLD * act.derivative_bound).double().mean()))
         per_unit = slope.transpose(0, 1).reshape(slope.shape[1], -1)  # (units, examples...)
         dead.append(float((per_unit == 0).all(dim=1).double().mean()))
@@ -315,6 +326,7 @@ def forward_statistics(model: nn.Module, x: torch.Tensor, activation: str | None
         np.array(dead),
         np.array(mean),
         np.array(var),
+        np.array(slope_rms),
     )
 
 
@@ -376,16 +388,24 @@ class CovariateShift:
         return float(np.mean(self.shifts))
 
 
-def bptt_gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+def bptt_gradient_norms(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, by_lag: bool = False, relative: bool = False
+) -> np.ndarray:
     """``||dL/dh_t||`` for every time step ``t = 1..T`` of a recurrent model, on one batch.
 
     The gradient with respect to ``h_t`` is the total one, through every later step: what
     backpropagation through time delivers to step ``t``. Entry ``T - 1`` is the last step; the
-    gradient that reaches lag ``k`` before the end is entry ``T - 1 - k``. The model must accept
-    ``return_states=True`` (``vglib.ElmanRNN`` does). Weights and ``.grad`` are left as they were.
+    gradient that reaches lag ``k`` before the end is entry ``T - 1 - k``. With ``by_lag=True``
+    the array is read backwards instead: entry ``k`` is lag ``k``, entry 0 the last step. With
+    ``relative=True`` every entry is divided by the last step's norm (``||dL/dh_T||``), so the last
+    step reads 1. The model must accept ``return_states=True`` (``vglib.ElmanRNN`` does). Weights
+    and ``.grad`` are left as they were.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    for name, flag in (("by_lag", by_lag), ("relative", relative)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be True or False, got {flag!r}")
     x, y = _check_tensor("x", x), _check_tensor("y", y)
     with torch.enable_grad():
         try:
@@ -397,7 +417,12 @@ def bptt_gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> n
             ) from error
         loss = default_loss(output, y)
         grads = torch.autograd.grad(loss, states, allow_unused=True)
-    return np.array([_norm(g) for g in grads], dtype=np.float64)
+    norms = np.array([_norm(g) for g in grads], dtype=np.float64)
+    if relative:
+        if not norms[-1] > 0:
+            raise ValueError("relative=True needs a non-zero gradient at the last step, got 0")
+        norms = norms / norms[-1]
+    return norms[::-1].copy() if by_lag else norms
 
 
 BLOCK_PREFIXES = ("act", "block")

@@ -58,6 +58,17 @@ class MonitorTable:
             raise KeyError(f"unknown column {column!r}; columns are step, layer, kind, {', '.join(COLUMNS)}")
         return self.columns[column]
 
+    def series(self, layer: str, column: str) -> np.ndarray:
+        """``column`` of one layer (or activation module) at every sampled step, in step order: the
+        same as ``table[column][table.layer == layer]``, with a ``KeyError`` that lists the layers
+        when ``layer`` is not one of them."""
+        rows = self.layer == layer
+        if not rows.any():
+            raise KeyError(
+                f"no layer {layer!r} in the table; its layers are {', '.join(dict.fromkeys(self.layer))}"
+            )
+        return self[column][rows]
+
     def layers(self, kind: str) -> list[str]:
         """Layer names of one kind, in the order the model first used them (the table's order)."""
         seen: dict[str, None] = {}

@@ -74,6 +74,7 @@ def train(
     callback: Callable[[int, nn.Module], None] | None = None,
     record_grad_norm: bool = False,
     eval_mode: bool = True,
+    weight_decay: float = 0.0,
 ) -> TrainingHistory:
     """Train ``model`` in place on ``(x, y)`` by minibatch gradient descent; returns its history.
 
@@ -92,7 +93,8 @@ def train(
     asked) and comes back as ``history.monitor``. ``callback(step, model)``, if given, is called
     after every update with the number of updates made so far (e.g. ``vglib.CovariateShift``).
     ``record_grad_norm=True`` keeps every step's gradient norm before clipping as
-    ``history.grad_norm``.
+    ``history.grad_norm``. ``weight_decay`` is the optimiser's own L2 penalty (``torch.optim.SGD``'s
+    and ``torch.optim.Adam``'s ``weight_decay``: ``weight_decay * w`` added to every gradient).
     """
     check_positive_int("steps", steps)
     check_positive_int("batch_size", batch_size)
@@ -100,6 +102,8 @@ def train(
     check_choice("optimizer", optimizer, OPTIMIZERS)
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")
+    if not weight_decay >= 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
     for name, value in (("clip_norm", clip_norm), ("clip_value", clip_value)):
         if value is not None and not value > 0:
             raise ValueError(f"{name} must be > 0 or None, got {value!r}")
@@ -110,9 +114,9 @@ def train(
         raise ValueError(f"x and y hold different numbers of examples: {len(x)} and {len(y)}")
     x_eval, y_eval = (x, y) if x_eval is None or y_eval is None else (x_eval, y_eval)
     opt = (
-        torch.optim.Adam(params, lr=lr)
+        torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
         if optimizer == "adam"
-        else torch.optim.SGD(params, lr=lr, momentum=momentum)
+        else torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     )
     generator = seeded_generator(seed)
     losses, eval_steps, eval_losses, grad_norms = [], [], [], []

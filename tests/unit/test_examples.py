@@ -8,7 +8,15 @@ import pytest
 import torch
 
 import vglib
-from vglib.examples import AddingLSTM, lookalike, sigmoid_cnn, signature, signature_table
+from vglib.examples import (
+    LOOKALIKES,
+    AddingLSTM,
+    lookalike,
+    lookalike_training,
+    sigmoid_cnn,
+    signature,
+    signature_table,
+)
 
 
 def test_adding_lstm_and_sigmoid_cnn_take_their_inputs():
@@ -45,6 +53,30 @@ def test_each_lookalike_is_the_condition_it_names():
     assert lookalike("too small a learning rate")[1] < 1e-4 * lookalike("vanishing gradients")[1]
     with pytest.raises(ValueError, match="valid choices"):
         lookalike("exploding")
+    exploding, _ = lookalike("exploding gradients")
+    profile = vglib.gradient_profile(exploding, x, torch.zeros(len(x), 1))
+    # ReLU with weights N(0, 8/n): the backward signal grows by sqrt(8/2) = 2 per layer
+    assert profile.fitted_factor() == pytest.approx(2.0, rel=0.1)
+    _, lr = lookalike("too much weight decay")
+    assert lookalike_training("too much weight decay") == {"lr": lr, "weight_decay": 1.0}
+    assert all(lookalike_training(name)["weight_decay"] == 0 for name in LOOKALIKES[:-2])
+    assert all(lookalike_training(name)["lr"] == lookalike(name)[1] for name in LOOKALIKES)
+
+
+def test_train_weight_decay_is_the_optimisers_l2_penalty():
+    class Muted(torch.nn.Module):  # an output multiplied by 0: the loss gives no gradient at all
+        def forward(self, h):
+            return 0.0 * h
+
+    x, y = vglib.teacher_student(128, seed=0)
+    model = torch.nn.Sequential(vglib.build_mlp(2, 8, "tanh", "xavier", seed=0, in_features=16), Muted())
+    before = [p.detach().clone() for p in model.parameters()]
+    vglib.train(model, x, y, steps=5, lr=0.1, optimizer="sgd", weight_decay=0.5)
+    # SGD on the loss plus (0.5 / 2) ||w||^2 alone: every parameter shrinks by 1 - 0.1 * 0.5 per step
+    for p, p0 in zip(model.parameters(), before, strict=True):
+        torch.testing.assert_close(p.detach(), p0 * 0.95**5)
+    with pytest.raises(ValueError, match="weight_decay must be >= 0"):
+        vglib.train(model, x, y, steps=1, lr=0.1, weight_decay=-1.0)
 
 
 def test_signature_reads_the_verdict_and_the_monitor():
@@ -58,6 +90,9 @@ def test_signature_reads_the_verdict_and_the_monitor():
     assert row["update first"] == 0.0 and row["update last"] > 0  # blocks 1-10 never move
     assert math.isnan(row["dead max"]) and row["spread min"] > 0
     assert "detached graph" in signature_table({"detached graph": row})
+    after = signature(report, run, vglib.diagnose(model, x_train, y_train))
+    assert after["verdict after"] == "healthy" and "verdict after" not in row
+    assert "healthy -> healthy" in signature_table({"detached graph": after, "other": row})
     with pytest.raises(ValueError, match="monitor_every"):
         signature(report, vglib.train(model, x_train, y_train, steps=2, lr=lr))
 

@@ -184,8 +184,11 @@ def test_monitor_plots():
     heat = vglib.plot_gradient_heatmap(table)
     assert [t.get_text() for t in heat.axes[0].get_yticklabels()] == table.layers("parameters")
     ratios = vglib.plot_update_ratios(table)
-    assert ratios.axes[0].lines[-1].get_ydata()[0] == pytest.approx(1e-3)
-    assert len(ratios.axes[0].lines) == len(table.layers("parameters")) + 1
+    lines = ratios.axes[0].lines
+    (rule,) = [line for line in lines if line.get_label().startswith("rule of thumb")]
+    assert rule.get_ydata()[0] == pytest.approx(1e-3)
+    layers = table.layers("parameters")
+    assert [line.get_label() for line in lines if line.get_label() in layers] == layers
     fig = vglib.plot_histograms_over_training(*monitor.histogram("act1"), title="act1")
     assert fig.axes[0].images
     with pytest.raises(ValueError, match="shape"):
@@ -236,3 +239,18 @@ def test_mean_by_step_averages_one_kind_over_layers_at_each_step():
         recorded.mean_by_step("std", "act")
     with pytest.raises(KeyError, match="columns are"):
         recorded.mean_by_step("stdd")
+
+
+def test_series_is_one_layers_column_in_step_order():
+    table = vglib.MonitorTable(
+        step=np.array([0, 0, 5, 5, 9]),
+        layer=np.array(["linear1", "act1", "linear1", "act1", "linear1"], dtype=object),
+        kind=np.array(["parameters", "activation", "parameters", "activation", "parameters"], dtype=object),
+        columns={c: np.arange(5.0) + 10 * i for i, c in enumerate(vglib.tables.COLUMNS)},
+    )
+    np.testing.assert_array_equal(table.series("linear1", "grad_norm"), table["grad_norm"][[0, 2, 4]])
+    np.testing.assert_array_equal(table.series("act1", "step"), [0, 5])
+    with pytest.raises(KeyError, match="its layers are linear1, act1"):
+        table.series("linear2", "grad_norm")
+    with pytest.raises(KeyError, match="unknown column"):
+        table.series("linear1", "gradnorm")

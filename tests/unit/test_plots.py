@@ -264,3 +264,35 @@ def test_seed_lines_labels_the_group_once():
     assert all(np.array_equal(line.get_xdata(), np.arange(3.0)) for line in lines)
     with pytest.raises(ValueError, match="at least one curve"):
         vglib.plots.seed_lines(ax, np.arange(3), [])
+
+
+def update_table(ratios):
+    """A MonitorTable of update ratios: ``ratios[layer][step]``, layers named linear1, linear2, ..."""
+    ratios = np.asarray(ratios, dtype=np.float64)
+    layers, steps = ratios.shape
+    columns = {c: np.full(layers * steps, np.nan) for c in vglib.tables.COLUMNS}
+    columns["update_ratio"] = ratios.T.ravel()
+    return vglib.MonitorTable(
+        step=np.repeat(np.arange(steps) * 10, layers),
+        layer=np.array([f"linear{i + 1}" for i in range(layers)] * steps, dtype=object),
+        kind=np.array(["parameters"] * (layers * steps), dtype=object),
+        columns=columns,
+    )
+
+
+def test_update_ratios_draw_exact_zeros_at_a_floor_and_count_them():
+    fig = vglib.plot_update_ratios(update_table([[0.0, 0.0, 1e-9], [1e-3, 2e-3, 3e-3]]))
+    ax = fig.axes[0]
+    first = ax.lines[0]  # linear1's curve
+    np.testing.assert_allclose(first.get_ydata(), [1e-10, 1e-10, 1e-9])  # a decade below the smallest ratio
+    notes = [t.get_text() for t in ax.texts]
+    assert notes == ["▼ 2 ratio(s) exactly 0 (no change in float32), drawn at 1e-10"]
+    assert ax.get_legend() is not None and len(fig.axes) == 1
+
+
+def test_update_ratios_of_many_layers_get_a_colour_bar_not_a_legend():
+    fig = vglib.plot_update_ratios(update_table(np.full((20, 3), 1e-3)))
+    assert len(fig.axes) == 2  # the plot and its colour bar
+    assert [t.get_text() for t in fig.axes[1].get_yticklabels()] == ["linear1", "linear20"]
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["rule of thumb 0.001"]
+    assert not fig.axes[0].texts  # no zeros, no note
