@@ -4,17 +4,28 @@
 steps (see ``vglib/trainability.py``).
 
 Each depth trains as one batched ensemble (``vglib.trainability.run_depth``), in ``--jobs`` worker
-processes of one torch thread each, deepest first. The file's meta records the wall time and the
-CPU time (``cpu_seconds``, and per depth ``seconds_per_depth``, both process time, which a shared
-machine does not inflate). Written on 2026-12-06: 435 CPU seconds in all (153 s for depth 120),
-i.e. about 4 minutes on two idle cores; 872 s wall on a machine shared at a load of about 6.
+processes of one torch thread each, deepest first. ``--write`` records on the pinned kernel path of
+``vglib.records.RECORDING_PATH`` (as ``make record`` does; the script refuses to write otherwise), so
+that another CPU of the same vendor with AVX2 reproduces the file exactly; the file's meta records
+that environment, the CPU, the wall time and the CPU time (``cpu_seconds``, and per depth
+``seconds_per_depth``, both process time, which a shared machine does not inflate). Written on
+2026-12-06 with five learning rates (1e-4 to 1e-2) and ten depths: 874 CPU seconds in all (247 s for
+depth 120, 54 s for depth 24), 1047 s wall on two processes on a machine shared at a load of 4-7.
 
+The learning-rate grid reaches down to 1e-4 because near the critical line the best rate of the
+earlier grid (1e-3 to 1e-2) was often its smallest. At the two depths around each boundary, five
+networks that failed still did best at 1e-4 (accuracy 0.10-0.38); re-run at 3e-5 for the same 400
+steps they reach 0.18, 0.22 (sigma_w2 = 2, depth 120, seeds 0 and 1), 0.105 (1.25, depth 80, seed 1),
+0.18 (2.5, depth 80, seed 0) and 0.11 (4, depth 44, seed 2): a smaller rate does not rescue them.
+
+    ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 \
+        python benchmarks/trainable_depth.py --write    # run the sweep and write the results file
     python benchmarks/trainable_depth.py --from-file    # print the table of the committed results
     python benchmarks/trainable_depth.py                # run the sweep and print the table
-    python benchmarks/trainable_depth.py --write        # and write benchmarks/results/trainable_depth.json
 
-``tests/test_trainable_depth.py`` checks that the file covers the sweep and re-runs a random depth's
-first steps. The chapter *Initialisation scale* reads the file.
+``tests/test_trainable_depth.py`` checks that the file covers the sweep, on the pinned path, and
+re-runs one random depth of at most 24 layers (every network, all 400 steps) on that path, comparing
+every recorded accuracy exactly. The chapter *Initialisation scale* reads the file.
 """
 
 from __future__ import annotations
