@@ -13,19 +13,24 @@ that environment, the CPU, the wall time and the CPU time (``cpu_seconds``, and 
 depth 120, 54 s for depth 24), 1047 s wall on two processes on a machine shared at a load of 4-7.
 
 The learning-rate grid reaches down to 1e-4 because near the critical line the best rate of the
-earlier grid (1e-3 to 1e-2) was often its smallest. At the two depths around each boundary, five
-networks that failed still did best at 1e-4 (accuracy 0.10-0.38); re-run at 3e-5 for the same 400
-steps they reach 0.18, 0.22 (sigma_w2 = 2, depth 120, seeds 0 and 1), 0.105 (1.25, depth 80, seed 1),
-0.18 (2.5, depth 80, seed 0) and 0.11 (4, depth 44, seed 2): a smaller rate does not rescue them.
+earlier grid (1e-3 to 1e-2) was often its smallest. At the two depths around each boundary, some
+networks that failed still did best at 1e-4. ``--smaller-lr`` re-runs each of them alone at
+``SMALLER_LR`` = 3e-5 for the same budget, on the pinned path, and records the result in the file's
+``smaller_lr`` field (``{"lr", "how", "cells"}``; the sweep's own cells stay as they were), which the
+chapter reads.
 
     ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 \
         python benchmarks/trainable_depth.py --write    # run the sweep and write the results file
     python benchmarks/trainable_depth.py --from-file    # print the table of the committed results
     python benchmarks/trainable_depth.py                # run the sweep and print the table
+    ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 \
+        python benchmarks/trainable_depth.py --smaller-lr   # add the smaller_lr field (about a minute)
 
 ``tests/test_trainable_depth.py`` checks that the file covers the sweep, on the pinned path, and
-re-runs one random depth of at most 24 layers (every network, all 400 steps) on that path, comparing
-every recorded accuracy exactly. The chapter *Initialisation scale* reads the file.
+re-runs on that path one random depth of at most 24 layers (every network, all 400 steps) and the two
+depths around the boundary of one random ``sigma_w2`` whose boundary lies at 44 layers or less (all its
+networks there), comparing every recorded accuracy exactly. The chapter *Initialisation scale* reads
+the file.
 """
 
 from __future__ import annotations
@@ -45,6 +50,9 @@ from vglib.records import RECORDING_PATH, cpu_signature
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "trainable_depth.json"
+SMALLER_LR = 3e-5
+"""The rate below the grid at which ``--smaller-lr`` re-runs the failed networks that did best at the
+grid's smallest."""
 
 
 def writer() -> dict:
@@ -59,6 +67,23 @@ def run_one(depth: int) -> tuple[list[tr.TrainabilityCell], float]:
     start = time.process_time()
     cells = tr.run_depth(depth)
     return cells, time.process_time() - start
+
+
+def smaller_lr(cells: list[tr.TrainabilityCell]) -> dict:
+    """Each network of the two depths around a boundary that failed and did best at the grid's
+    smallest rate, re-run alone (one-member ensemble, one thread, seed as in ``run_one``) at
+    ``SMALLER_LR``: the ``smaller_lr`` field of the results file."""
+    low = min(tr.TRAINABILITY_LRS)
+    failed = [(w, d, s) for w, nets in tr.boundary_networks(cells).items()
+              for d, s, lr, acc in nets if lr == low and acc < tr.TRAINABILITY_THRESHOLD]  # fmt: skip
+    fresh = []
+    for w, d, s in failed:
+        vglib.seed_everything(0, threads=1)
+        fresh += tr.run_depth(d, sigma_w2s=(w,), seeds=(s,), lrs=(SMALLER_LR,))
+    how = (f"benchmarks/trainable_depth.py --smaller-lr: each failed bracket network whose best rate "
+           f"was {low:g}, re-run alone at {SMALLER_LR:g} for {tr.TRAINABILITY_STEPS} steps on the "
+           "pinned path, one thread")  # fmt: skip
+    return {"lr": SMALLER_LR, "how": how, "cpu": writer(), "cells": tr.trainability_to_json(fresh)}
 
 
 def table(cells: list[tr.TrainabilityCell]) -> str:
@@ -79,7 +104,17 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help=f"write {RESULTS.relative_to(ROOT)}")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--from-file", action="store_true", help="print the committed results, run nothing")
+    parser.add_argument("--smaller-lr", action="store_true", help="add the smaller_lr field to the file")
     args = parser.parse_args()
+    if args.smaller_lr:
+        if any(os.environ.get(key) != value for key, value in RECORDING_PATH.items()):
+            parser.error("--smaller-lr records on the pinned kernel path, as --write does")
+        saved = json.loads(RESULTS.read_text())
+        saved["smaller_lr"] = smaller_lr(tr.trainability_from_json(saved["cells"]))
+        for c in saved["smaller_lr"]["cells"]:
+            print(c["sigma_w2"], c["depth"], c["seed"], c["lr"], c["accuracy"][-1])
+        RESULTS.write_text(json.dumps(saved) + "\n")
+        return
     if args.from_file:
         print(table(tr.trainability_from_json(json.loads(RESULTS.read_text())["cells"])))
         return

@@ -46,6 +46,7 @@ __all__ = [
     "best_learning_rates",
     "boundary_depth",
     "boundary_networks",
+    "load_smaller_lr",
     "load_trainability",
     "run_depth",
     "success_table",
@@ -296,3 +297,18 @@ def load_trainability(path: str | Path | None = None) -> tuple[dict, list[Traina
         raise FileNotFoundError(f"{path} not found: run python benchmarks/trainable_depth.py --write")
     saved = json.loads(path.read_text())
     return saved["meta"], trainability_from_json(saved["cells"])
+
+
+def load_smaller_lr(path: str | Path | None = None) -> tuple[float, list[TrainabilityCell]]:
+    """``(lr, cells)`` of the results file's ``smaller_lr`` field (written by
+    ``benchmarks/trainable_depth.py --smaller-lr``): the networks next to a boundary that failed at
+    the grid's smallest rate, re-run at a smaller one ``lr``. Raises ``KeyError`` if the file has no
+    such field."""
+    path = Path(path) if path is not None else Path(__file__).resolve().parents[1] / RESULTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run python benchmarks/trainable_depth.py --write")
+    saved = json.loads(path.read_text())
+    if "smaller_lr" not in saved:
+        raise KeyError(f"{path} has no smaller_lr field: run benchmarks/trainable_depth.py --smaller-lr")
+    extra = saved["smaller_lr"]
+    return float(extra["lr"]), trainability_from_json(extra["cells"])

@@ -122,6 +122,27 @@ def test_gru_hidden_state_gradient_matches_a_hand_written_gru():
     np.testing.assert_allclose(vglib.state_gradient_by_lag(model, x, y, relative=False), expected, rtol=1e-10)
 
 
+def test_lstm_hidden_and_cell_state_gradients_match_a_hand_written_lstm():
+    # PyTorch's LSTM: i, f, g, o = chunks; c' = f c + i g; h' = o tanh(c'); both states kept as nodes
+    model = vglib.build_recurrent("lstm", 6, seed=3).double()
+    x, y = vglib.adding_problem(5, 9, seed=3)
+    x, y = x.double(), y.double()
+    cell = model.cell
+    h, c, hs, cs = torch.zeros(5, 6, dtype=torch.float64), torch.zeros(5, 6, dtype=torch.float64), [], []
+    for t in range(9):
+        a = x[:, t] @ cell.weight_ih_l0.T + cell.bias_ih_l0 + h @ cell.weight_hh_l0.T + cell.bias_hh_l0
+        i, f, g, o = a.chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        hs.append(h)
+        cs.append(c)
+    loss = nn.functional.mse_loss(model.head(h), y)
+    for state, nodes in (("hidden", hs), ("cell", cs)):
+        expected = [g.norm().item() for g in torch.autograd.grad(loss, nodes, retain_graph=True)][::-1]
+        measured = vglib.state_gradient_by_lag(model, x, y, state=state, relative=False)
+        np.testing.assert_allclose(measured, expected, rtol=1e-10)
+
+
 def test_a_closed_gru_update_gate_carries_the_gradient_unchanged_and_an_open_one_halves_it():
     # z = 1 (bias +50): h_t = h_{t-1}, so dL/dh is the same at every lag. At z = 1/2 with the
     # recurrent weights at zero, h_t = h_{t-1} / 2 + n(x_t): the gradient halves per step, 2^-k.

@@ -2,6 +2,7 @@
 computation, one small ensemble run against a network trained alone, and the mean-field
 measurements of ``vglib.meanfield`` against theory."""
 
+import json
 import math
 
 import numpy as np
@@ -103,6 +104,35 @@ def test_run_depth_follows_a_network_trained_alone():
         eval_every=tr.TRAINABILITY_EVAL_EVERY,
     )  # fmt: skip
     assert cells[1].final == pytest.approx(float(alone.eval_accuracy[0, -1]), abs=0.01)
+
+
+def test_load_smaller_lr_reads_the_field_and_names_what_is_missing(tmp_path):
+    cells = [cell(2.0, 120, 0, 3e-5, 0.18), cell(4.0, 44, 2, 3e-5, math.nan)]
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"meta": {}, "cells": [], "smaller_lr": {"lr": 3e-5, "how": "by hand",
+                                "cells": tr.trainability_to_json(cells)}}))  # fmt: skip
+    lr, back = vglib.load_smaller_lr(path)
+    assert lr == 3e-5 and back[0] == cells[0] and math.isnan(back[1].final)
+    path.write_text(json.dumps({"meta": {}, "cells": []}))
+    with pytest.raises(KeyError, match="--smaller-lr"):
+        vglib.load_smaller_lr(path)
+    with pytest.raises(FileNotFoundError, match="--write"):
+        vglib.load_smaller_lr(tmp_path / "absent.json")
+
+
+def test_the_committed_smaller_lr_field_holds_the_failed_bracket_networks_at_the_grids_smallest_rate():
+    _, cells = vglib.load_trainability()
+    lr, small = vglib.load_smaller_lr()
+    low = min(tr.TRAINABILITY_LRS)
+    # from the sweep (boundary_networks is checked by hand above): the bracket networks that failed
+    # and did best at the smallest rate
+    edge = vglib.boundary_networks(cells)
+    threshold = tr.TRAINABILITY_THRESHOLD
+    expected = sorted((w, d, s) for w, nets in edge.items() for d, s, best, acc in nets
+                      if best == low and acc < threshold)  # fmt: skip
+    assert lr < low and sorted((c.sigma_w2, c.depth, c.seed) for c in small) == expected
+    evaluations = tr.TRAINABILITY_STEPS // tr.TRAINABILITY_EVAL_EVERY
+    assert all(c.lr == lr and len(c.accuracy) == evaluations for c in small)
 
 
 def test_bad_input():
