@@ -149,7 +149,9 @@ def test_page_is_self_contained_and_renders(site_url, browser, path):
         assert broken == []
         math = page.locator("span.math, div.math").count()
         if math:
-            page.wait_for_selector("mjx-container", timeout=15_000)
+            # attached, not visible: a heading with math is also copied into the print-only table
+            # of contents, which is hidden on screen and may come first
+            page.wait_for_selector("mjx-container", state="attached", timeout=15_000)
             assert page.locator("mjx-container").count() >= math, "math left unrendered"
         explorers = page.locator(".vg-curve-explorer")
         if (HTML / "_sources" / path).with_suffix(".ipynb").exists():
