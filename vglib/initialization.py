@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._seed import generator as seeded_generator
 from ._seed import torch_seed
 from ._state import buffers_kept
 from ._validation import check_choice, check_positive_int
@@ -210,7 +211,8 @@ def scale_weights(model: nn.Module, gain: float, *, bias_variance: float = 0.0, 
     ``hidden_weight_layers``) by ``gain``, in place; returns ``model``.
 
     With ``bias_variance > 0`` those layers' biases are redrawn from ``N(0, bias_variance)``, hidden
-    layer ``i`` from its own seed ``layer_seed(seed, 2**31 + i)`` (as ``build_gaussian_mlp`` does), so
+    layer ``i`` from its own seed ``layer_seed(seed, 2**31 + i)`` (``build_gaussian_mlp`` draws its
+    hidden layers through this function), so
     ``scale_weights(build_mlp(..., init="orthogonal"), sigma_w, bias_variance=sigma_b2)`` is the
     orthogonal network of mean-field theory at ``(sigma_w^2, sigma_b^2)``. The global RNG state is
     left as it was.
@@ -230,7 +232,7 @@ def scale_weights(model: nn.Module, gain: float, *, bias_variance: float = 0.0, 
         layer = modules[name]
         layer.weight.mul_(gain)
         if bias_variance > 0 and layer.bias is not None:
-            generator = torch.Generator().manual_seed(layer_seed(seed, 2**31 + index))
+            generator = seeded_generator(layer_seed(seed, 2**31 + index))
             noise = torch.randn(layer.bias.shape, generator=generator, dtype=layer.bias.dtype)
             layer.bias.copy_(noise * math.sqrt(bias_variance))
     return model

@@ -61,10 +61,10 @@ def preactivation_correlations(model: nn.Sequential, x1: torch.Tensor, x2: torch
         raise ValueError("the model has no blocks named linear1, linear2, ...: build it with vglib.build_mlp")
     h = torch.stack([x1, x2]).double()
     out = []
-    for name, module in model.named_children():
+    for name, module in copy.deepcopy(model).double().named_children():
         if name == "head":
             break
-        h = copy.deepcopy(module).double()(h)
+        h = module(h)
         if name.startswith("linear"):
             out.append(float(h[0] @ h[1] / (h[0].norm() * h[1].norm())))
     return np.array(out)

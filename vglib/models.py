@@ -13,7 +13,7 @@ from ._seed import generator as seeded_generator
 from ._seed import torch_seed
 from ._validation import check_choice, check_positive_int
 from .activations import get_activation
-from .initialization import INITS, init_layer, layer_seed
+from .initialization import INITS, init_layer, layer_seed, scale_weights
 
 __all__ = [
     "HEAD_SEED_INDEX",
@@ -104,11 +104,11 @@ def build_gaussian_mlp(
     model = build_mlp(
         depth, width, activation, "lecun", seed, in_features=in_features, out_features=out_features
     )
-    for index, layer in enumerate(m for m in model if isinstance(m, nn.Linear)):
-        layer.weight.mul_(math.sqrt(sigma_w2))
-        if sigma_b2 > 0:
-            generator = seeded_generator(layer_seed(seed, 2**31 + index))
-            layer.bias.copy_(torch.randn(layer.bias.shape, generator=generator) * math.sqrt(sigma_b2))
+    scale_weights(model, math.sqrt(sigma_w2), bias_variance=sigma_b2, seed=seed)  # the hidden layers
+    model.head.weight.mul_(math.sqrt(sigma_w2))
+    if sigma_b2 > 0:
+        generator = seeded_generator(layer_seed(seed, 2**31 + depth))
+        model.head.bias.copy_(torch.randn(model.head.bias.shape, generator=generator) * math.sqrt(sigma_b2))
     return model
 
 

@@ -62,8 +62,8 @@ def chain_rule_bound(model: nn.Sequential, activation: str) -> np.ndarray:
     is 1. The bound holds for every input and every batch; measured ratios lie below it.
     """
     bound = get_activation(activation).derivative_bound
-    linears = _hidden_linears(model)
-    factors = [bound * float(torch.linalg.matrix_norm(m.weight.double(), ord=2)) for m in linears[1:]]
+    _hidden_linears(model)  # a build_mlp model, or an error that names chain_rule_bound
+    factors = list(bound * weight_gains(model)[0][1:])
     # entry l: product of the factors of the layers after l
     tail_products = np.cumprod(np.array(factors[::-1] or [1.0]))[::-1]
     return np.append(tail_products[: len(factors)], 1.0)
