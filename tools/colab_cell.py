@@ -1,10 +1,13 @@
-"""The first code cell of every chapter: install vglib where it is missing (Colab), hidden on the site.
+"""The first code cell of every chapter: set up vglib where it is missing (Colab), hidden on the site.
 
-Colab opens a chapter straight from the repository with torch, numpy, matplotlib, scikit-learn and
-ipywidgets already installed, but not vglib. The cell installs vglib alone, from the repository at the
-tag ``v<version>`` of the vglib the chapter was executed with; where vglib is importable (Binder, a
-local clone, the test suite) it does nothing. ``VGLIB_INSTALL_SOURCE`` replaces the pip requirement
-(a path to a checkout, a wheel), which is how the tests install from the local checkout.
+Colab opens a chapter on its own, straight from the repository, with torch, numpy, matplotlib,
+scikit-learn, SciPy and ipywidgets installed but neither vglib nor the files a chapter reads beside it
+(its recorded runs, the benchmark results). The cell clones the repository at the tag ``v<version>``
+of the vglib the chapter was executed with (a shallow clone, about 25 MB), installs vglib alone from
+it and moves into the chapter's folder of that copy, so the chapter runs as it does in the
+repository. Where vglib is importable (Binder, a local clone, the test suite) it does nothing.
+``VGLIB_REPOSITORY`` replaces the repository URL (the tests point it at a clone of the local
+checkout).
 
 The repository URL is read from ``_config.yml`` and the version from ``pyproject.toml``, so neither is
 written twice. Run ``python tools/colab_cell.py`` to rewrite the cell in every chapter (after a version
@@ -21,17 +24,25 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TAG = "colab-install"  # the cell's id prefix and a tag, so the cell is found again
-TEMPLATE = '''\
-# Colab: install vglib, the book's library, if it is missing (Binder and a local clone have it).
+TEMPLATE = """\
+# Colab: fetch the book at the tag of its vglib, install vglib from it and run in this chapter's
+# folder of that copy (which holds the chapter's recorded runs), when vglib is missing.
+# Binder and a local clone have vglib: there this cell does nothing.
 import importlib.util
 import os
 import subprocess
 import sys
 
+BOOK = os.path.abspath("vanishing-gradients-v{version}")
 if importlib.util.find_spec("vglib") is None:
-    source = os.environ.get("VGLIB_INSTALL_SOURCE", "vglib @ git+{url}@v{version}")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", source], check=True)
-    importlib.invalidate_caches()'''
+    if not os.path.isdir(BOOK):
+        repository = os.environ.get("VGLIB_REPOSITORY", "{url}")
+        git = ["git", "clone", "--quiet", "--depth", "1", "--branch", "v{version}", repository, BOOK]
+        subprocess.run(git, check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", BOOK], check=True)
+    importlib.invalidate_caches()
+if os.path.isdir(BOOK):
+    os.chdir(os.path.join(BOOK, "{folder}"))"""
 
 
 def repository_url() -> str:
@@ -47,13 +58,10 @@ def version() -> str:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 
 
-def install_source() -> str:
-    """The pip requirement the cell installs: vglib from the repository at its version's tag."""
-    return f"vglib @ git+{repository_url()}@v{version()}"
-
-
-def cell_source() -> str:
-    return TEMPLATE.format(url=repository_url(), version=version())
+def cell_source(path: Path) -> str:
+    """The install cell of the chapter at ``path``."""
+    folder = path.resolve().parent.relative_to(ROOT).as_posix()
+    return TEMPLATE.format(url=repository_url(), version=version(), folder=folder)
 
 
 def is_install_cell(cell: dict) -> bool:
@@ -68,7 +76,7 @@ def write(path: Path) -> bool:
     """Put the current install cell first among ``path``'s code cells; True if the file changed.
     A new cell takes execution count 1 and the later counts move up by one, as executing would."""
     notebook = json.loads(path.read_text())
-    source = cell_source()
+    source = cell_source(path)
     first = first_code_cell(notebook)
     if first is not None and is_install_cell(first):
         if "".join(first["source"]) == source:

@@ -289,12 +289,30 @@ def trainability_from_json(rows: Iterable[dict]) -> list[TrainabilityCell]:
     ]
 
 
+def results_file(path: str | Path | None = None) -> Path:
+    """``path``, or by default the committed ``benchmarks/results/trainable_depth.json`` of the book:
+    the checkout vglib is installed from (editable), else the first folder from the working directory
+    up that holds one (a chapter's folder of a copy of the book, where vglib was installed from a wheel,
+    as on Colab)."""
+    if path is not None:
+        candidates = [Path(path)]
+    else:
+        here = Path.cwd().resolve()
+        candidates = [Path(__file__).resolve().parents[1] / RESULTS_FILE]
+        candidates += [folder / RESULTS_FILE for folder in (here, *here.parents)]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"{RESULTS_FILE} not found (looked at {', '.join(map(str, candidates[:3]))}, ...): "
+        "run python benchmarks/trainable_depth.py --write in the book's checkout"
+    )
+
+
 def load_trainability(path: str | Path | None = None) -> tuple[dict, list[TrainabilityCell]]:
     """``(meta, cells)`` of a results file written by ``benchmarks/trainable_depth.py --write``, by
-    default the committed ``benchmarks/results/trainable_depth.json`` of this checkout."""
-    path = Path(path) if path is not None else Path(__file__).resolve().parents[1] / RESULTS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run python benchmarks/trainable_depth.py --write")
+    default the committed one of the book (see :func:`results_file`)."""
+    path = results_file(path)
     saved = json.loads(path.read_text())
     return saved["meta"], trainability_from_json(saved["cells"])
 
@@ -304,9 +322,7 @@ def load_smaller_lr(path: str | Path | None = None) -> tuple[float, list[Trainab
     ``benchmarks/trainable_depth.py --smaller-lr``): the networks next to a boundary that failed at
     the grid's smallest rate, re-run at a smaller one ``lr``. Raises ``KeyError`` if the file has no
     such field."""
-    path = Path(path) if path is not None else Path(__file__).resolve().parents[1] / RESULTS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run python benchmarks/trainable_depth.py --write")
+    path = results_file(path)
     saved = json.loads(path.read_text())
     if "smaller_lr" not in saved:
         raise KeyError(f"{path} has no smaller_lr field: run benchmarks/trainable_depth.py --smaller-lr")

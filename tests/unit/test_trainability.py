@@ -205,3 +205,19 @@ def test_log_length_spread_shrinks_like_one_over_width():
     wide = meanfield.log_length_growth("relu", 2.0, 10, 256, range(40))
     assert 2 < narrow.var() / wide.var() < 8
     assert 0.5 < wide.var() / (5 * 10 / 256) < 2
+
+
+def test_the_results_file_is_found_from_a_chapter_folder_of_a_copy_of_the_book(tmp_path, monkeypatch):
+    # as on Colab: vglib installed from a wheel (not beside benchmarks/), the chapter run in its folder
+    # of a copy of the book
+    monkeypatch.setattr(tr, "__file__", str(tmp_path / "site-packages" / "vglib" / "trainability.py"))
+    book = tmp_path / "book"
+    chapter = book / "chapters" / "causes"
+    chapter.mkdir(parents=True)
+    monkeypatch.chdir(chapter)
+    with pytest.raises(FileNotFoundError, match="trainable_depth.json not found"):
+        tr.results_file()
+    (book / tr.RESULTS_FILE).parent.mkdir(parents=True)
+    (book / tr.RESULTS_FILE).write_text(json.dumps({"meta": {"seeds": 3}, "cells": []}))
+    assert tr.results_file() == (book / tr.RESULTS_FILE).resolve()
+    assert vglib.load_trainability() == ({"seeds": 3}, [])
