@@ -30,14 +30,18 @@ help:
 	@echo "make book   build the site into _build/html (sets everything up first)"
 	@echo "make test   run the whole test suite (sets everything up first)"
 
+# The kernelspec names tools/kernel_provisioner's provisioner, so every kernel make starts runs over
+# CurveZMQ-encrypted sockets (its docstring says why).
 setup: $(STAMP)
 
-$(STAMP): requirements.txt constraints.txt pyproject.toml
+$(STAMP): requirements.txt constraints.txt pyproject.toml tools/kernel_provisioner/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(TORCH_SOURCE) -c constraints.txt torch==2.13.0
 	$(BIN)/python -m pip install --quiet -r requirements.txt -c constraints.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e tools/kernel_provisioner
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (vglib)" >/dev/null
+	$(BIN)/python -m vg_kernel_provisioner $(VENV)/share/jupyter/kernels/python3
 	@if $(BIN)/python -m pip list 2>/dev/null | grep -i -E '^(nvidia-|triton|cuda-)'; then \
 	  echo "error: CUDA packages were installed (above); torch must be the CPU build" >&2; exit 1; fi
 	$(BIN)/python -c "import torch, vglib; assert not torch.version.cuda, torch.version.cuda"
@@ -58,8 +62,8 @@ book: $(STAMP) $(SITE_ASSETS)
 	@echo "The book is built: open file://$(CURDIR)/_build/html/index.html"
 
 lint: $(STAMP)
-	$(BIN)/ruff check vglib tests benchmarks
-	$(BIN)/ruff format --check vglib tests benchmarks
+	$(BIN)/ruff check vglib tests benchmarks tools
+	$(BIN)/ruff format --check vglib tests benchmarks tools
 
 # The site `make test` checks is built from the committed outputs (no execution): the nbval passes
 # below prove those outputs are what the chapters compute. `make book` executes every chapter.

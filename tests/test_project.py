@@ -162,16 +162,6 @@ def test_pytest_collects_chapters_but_not_build_copies(tmp_path):
         assert "_build" not in result.stdout, result.stdout
 
 
-def test_binder_installs_the_same_versions_with_cpu_only_torch():
-    lines = [line for line in (ROOT / "binder" / "requirements.txt").read_text().splitlines()]
-    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in lines
-    binder = pins_from_lines([line for line in lines if not line.startswith("--")], "binder/requirements.txt")
-    direct = pins(ROOT / "requirements.txt")
-    assert binder.pop("torch") == direct.pop("torch") + "+cpu"
-    assert binder == direct
-    assert "pip install --no-deps" in (ROOT / "binder" / "postBuild").read_text()
-
-
 def test_theme_macro_override_differs_from_the_theme_only_by_fontawesome_js():
     """_templates/static/webpack-macros.html is the theme's own file less its fontawesome.js line."""
     import pydata_sphinx_theme

@@ -25,9 +25,6 @@ CHROMIUM = os.environ.get("VG_CHROMIUM") or shutil.which("chromium") or "/usr/bi
 
 # Console messages that are not the book's errors, each with the reason it is tolerated.
 CONSOLE_ALLOWLIST = {
-    # sphinx-thebe 0.3.1 declares this constant in two scripts when launch_buttons.thebe is on
-    # (an upstream double declaration); Thebe still works.
-    "Identifier 'THEBE_JS_URL' has already been declared": "upstream sphinx-thebe",
     # pydata-sphinx-theme logs this on a first visit, when no light/dark choice is stored yet,
     # and then uses "auto" (follow the system): the intended behaviour.
     "Got invalid theme mode": "pydata-sphinx-theme first visit",
