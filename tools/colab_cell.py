@@ -37,7 +37,8 @@ BOOK = os.path.abspath("vanishing-gradients-v{version}")
 if importlib.util.find_spec("vglib") is None:
     if not os.path.isdir(BOOK):
         repository = os.environ.get("VGLIB_REPOSITORY", "{url}")
-        git = ["git", "clone", "--quiet", "--depth", "1", "--branch", "v{version}", repository, BOOK]
+        git = ["git", "-c", "advice.detachedHead=false", "clone", "--quiet", "--depth", "1"]
+        git += ["--branch", "v{version}", repository, BOOK]
         subprocess.run(git, check=True)
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", BOOK], check=True)
     importlib.invalidate_caches()

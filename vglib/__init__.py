@@ -113,7 +113,7 @@ from .recurrence import (
     state_gradient_by_lag,
     train_with_lag_probes,
 )
-from .static import Control
+from .static import Control, explorer_fragment
 from .tables import MonitorTable, RecordedMonitor
 from .tasks import TASKS, Task, harness_task
 from .theory import (
@@ -242,6 +242,7 @@ __all__ = [
     "curve_explorer",
     "diagnose",
     "examples",
+    "explorer_fragment",
     "fan_mode_ratios",
     "first_lag_below",
     "fitted_growth",

@@ -5,6 +5,24 @@ one precomputed frame (a title and a few per-layer curves) per combination of co
 a small self-contained script (``assets/curve_explorer.js``, no libraries, no network) that draws
 the selected frame as SVG whenever a control changes. Any chapter can build one with
 ``curve_explorer_html``; the gradient explorer is one such use.
+
+Shareable state: the page address records the controls, so a link reproduces a curve. The
+fragment holds one entry per explorer that differs from its defaults, each with every control::
+
+    #explorer-1:depth=50,activation=tanh,init=he&explorer-3:lr=1e-3,init=he%20(ReLU)
+
+Explorers are numbered from 1 in page order (among the page's ``.vg-curve-explorer`` elements);
+entries are separated by ``&``, controls by ``,``, and a name from its value by ``=``. Names and
+values are URI-encoded (JavaScript's ``encodeURIComponent``; ``explorer_fragment`` writes the same
+from Python); a value is the control's value as the page shows it (``str(v)``, so ``2.0`` stays
+``2.0``). On a control change the script rewrites the fragment with ``history.replaceState`` (no
+history entry, no scroll); an explorer back at its defaults leaves the fragment, and when all are,
+so does the explorer state. It reads the fragment on load (and scrolls the first explorer it
+names into view) and on ``hashchange``. In an explorer state, an explorer or control the fragment
+omits takes its default, and so does a control given a value that is not among its values; entries
+for explorers the page lacks are ignored. A fragment with no ``explorer-N:`` entry is an ordinary
+anchor (a section heading): the explorers leave it alone until a control changes, when it is
+replaced by the explorer state.
 """
 
 from __future__ import annotations
@@ -13,15 +31,23 @@ import base64
 import html
 import itertools
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
+from urllib.parse import quote
 
 import numpy as np
 
 from .plots import Series
 
-__all__ = ["Control", "curve_explorer_html", "encode_log10", "pack_curves", "unpack_curves"]
+__all__ = [
+    "Control",
+    "curve_explorer_html",
+    "encode_log10",
+    "explorer_fragment",
+    "pack_curves",
+    "unpack_curves",
+]
 
 _CEILING = 3854  # 100 * log10(float32 max): where overflow (inf/nan) is drawn
 _ZERO = -32768  # int16 code of an exact zero
@@ -71,6 +97,14 @@ def unpack_curves(packed: str, n_curves: int) -> list[list[int | None]]:
     return [[None if v == _ZERO else int(v) for v in row] for row in codes]
 
 
+def _inline_script() -> str:
+    """``assets/curve_explorer.js`` as each explorer carries it: without its comment lines and
+    indentation (a page holds one copy per explorer, and pages have a size budget)."""
+    script = resources.files("vglib").joinpath("assets/curve_explorer.js").read_text(encoding="utf-8")
+    lines = (line.strip() for line in script.splitlines())
+    return "\n".join(line for line in lines if line and not line.startswith("//"))
+
+
 def curve_explorer_html(
     controls: Sequence[Control],
     frame: Callable[..., tuple[str, Sequence[np.ndarray]]],
@@ -103,7 +137,7 @@ def curve_explorer_html(
         "ylabel": ylabel,
     }
     data = json.dumps(spec, separators=(",", ":"), ensure_ascii=False).replace("</", "<\\/")
-    script = resources.files("vglib").joinpath("assets/curve_explorer.js").read_text(encoding="utf-8")
+    script = _inline_script()
     first = next(iter(frames.values()))
     return (
         '<div class="vg-curve-explorer">'
@@ -116,3 +150,37 @@ def curve_explorer_html(
         f"<script>{script}</script>"
         "</div>"
     )
+
+
+def _uri_component(value: object) -> str:
+    # what JavaScript's encodeURIComponent leaves alone: letters, digits and -_.!~*'()
+    return quote(str(value), safe="!~*'()")
+
+
+def explorer_fragment(states: Mapping[int, Mapping[str, str | int | float]]) -> str:
+    """The page-address fragment (without ``#``) that opens explorers in the given states.
+
+    Parameters
+    ----------
+    states
+        Control values by explorer number (1-based, in page order), e.g.
+        ``{1: {"depth": 50, "activation": "tanh", "init": "he"}}``. Values are written as
+        ``str(v)``, as the page shows them; controls left out take their defaults on the page.
+
+    Returns
+    -------
+    str
+        The fragment in the syntax of this module's docstring, as the page's script writes it,
+        e.g. ``"explorer-1:depth=50,activation=tanh,init=he"``.
+    """
+    entries = []
+    for index, values in states.items():
+        if isinstance(index, bool) or not isinstance(index, int) or index < 1:
+            raise ValueError(f"explorer numbers start at 1 (page order); got {index!r}")
+        pairs = []
+        for name, value in values.items():
+            if not isinstance(name, str) or not name:
+                raise TypeError(f"control names are non-empty strings; got {name!r}")
+            pairs.append(f"{_uri_component(name)}={_uri_component(value)}")
+        entries.append(f"explorer-{index}:" + ",".join(pairs))
+    return "&".join(entries)

@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, unquote, urljoin, urlparse
 import pytest
 from bs4 import BeautifulSoup
 
-from tests.site.test_site import HTML, ROOT, site_url  # noqa: F401  (builds the site when it is stale)
+from tests.site.test_site import HTML, ROOT
 from tests.test_launch import URL, config_value
 
 ORG_REPO = URL.removeprefix("https://github.com/")
@@ -31,7 +31,7 @@ def header_links(page: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("page", chapter_pages(), ids=lambda p: p.stem)
-def test_launch_buttons_open_this_chapter_of_the_configured_repository(site_url, page):  # noqa: F811
+def test_launch_buttons_open_this_chapter_of_the_configured_repository(site_url, page):
     notebook = page.with_suffix(".ipynb").as_posix()
     links = header_links(page)
     binder = [link for link in links if link.startswith(config_value("binderhub_url"))]
@@ -49,7 +49,7 @@ def test_launch_buttons_open_this_chapter_of_the_configured_repository(site_url,
 
 
 @pytest.mark.parametrize("page", chapter_pages(), ids=lambda p: p.stem)
-def test_no_live_code_button_and_every_download_exists(site_url, page):  # noqa: F811
+def test_no_live_code_button_and_every_download_exists(site_url, page):
     text = (HTML / page).read_text()
     assert not re.search(r"thebe", text, flags=re.I), "a Live code (Thebe) button or script"
     assert "VGLIB_REPOSITORY" not in text, "the Colab install cell is shown on the page"

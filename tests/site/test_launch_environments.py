@@ -38,7 +38,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from tests.site.test_site import ARTIFACTS, browser  # noqa: F401  (the Chromium fixture)
+from tests.site.test_site import ARTIFACTS
 
 ROOT = Path(__file__).resolve().parents[2]
 BINDER = ROOT / "binder"
@@ -311,7 +311,7 @@ def menu(page, menu_name: str, item: str) -> None:
     page.click(f".lm-Menu-itemLabel:text-is('{item}')")
 
 
-def test_binder_jupyterlab_runs_the_first_chapter_and_the_explorer_redraws(lab, browser):  # noqa: F811
+def test_binder_jupyterlab_runs_the_first_chapter_and_the_explorer_redraws(lab, browser):
     url, token = lab
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     external: list[str] = []

@@ -1,7 +1,37 @@
 // Kernel-free curve explorer: draws precomputed per-layer curves as SVG, chosen by the controls.
-// Self-contained (no libraries, no network). Data format: see vglib/static.py.
+// Self-contained (no libraries, no network). Data format and page address syntax: vglib/static.py.
 (function () {
   "use strict";
+  // The page address records explorers that differ from their defaults, each in full:
+  // "#explorer-1:depth=50,activation=tanh&explorer-3:init=he" (URI-encoded names and values).
+  var ENTRY = /^explorer-([1-9][0-9]*):(.*)$/;
+  function explorers() { return Array.prototype.slice.call(document.querySelectorAll(".vg-curve-explorer")); }
+  function decode(s) { try { return decodeURIComponent(s); } catch (e) { return null; } }
+  // {index: {name: value}} from the fragment; null when it holds no explorer (a plain anchor).
+  function readHash() {
+    var state = null;
+    location.hash.slice(1).split("&").forEach(function (entry) {
+      var m = ENTRY.exec(entry), values = Object.create(null);
+      if (!m) return;
+      m[2].split(",").forEach(function (pair) {
+        var eq = pair.indexOf("="), name = decode(pair.slice(0, eq)), value = decode(pair.slice(eq + 1));
+        if (eq > 0 && name !== null && value !== null) values[name] = value;
+      });
+      (state = state || {})[m[1]] = values;
+    });
+    return state;
+  }
+  function writeHash() {
+    var entries = explorers().map(function (root, i) {
+      var entry = root.vgEntry ? root.vgEntry() : "";
+      return entry && "explorer-" + (i + 1) + ":" + entry;
+    }).filter(Boolean);
+    if (!entries.length && !readHash()) return; // all defaults: a plain anchor stays
+    try {
+      history.replaceState(history.state, "", location.pathname + location.search +
+                           (entries.length ? "#" + entries.join("&") : ""));
+    } catch (e) { /* an address that cannot be rewritten (a sandboxed frame) keeps its fragment */ }
+  }
   var NS = "http://www.w3.org/2000/svg";
   var SUP = { "-": "\u207b", "0": "\u2070", "1": "\u00b9", "2": "\u00b2", "3": "\u00b3", "4": "\u2074",
               "5": "\u2075", "6": "\u2076", "7": "\u2077", "8": "\u2078", "9": "\u2079" };
@@ -95,17 +125,19 @@
         input.addEventListener("input", function () { out.textContent = c.values[+input.value]; });
         label.appendChild(input); label.appendChild(out);
         input.read = function () { return c.values[+input.value]; };
+        input.set = function (v) { input.value = c.values.indexOf(v); out.textContent = v; };
       } else {
         input = document.createElement("select");
         c.values.forEach(function (v) { var o = document.createElement("option"); o.value = o.textContent = v; input.appendChild(o); });
         input.value = c.value;
         label.appendChild(input);
         input.read = function () { return input.value; };
+        input.set = function (v) { input.value = v; };
       }
       input.name = c.name;
       input.setAttribute("data-control", c.name);
-      input.addEventListener("input", redraw);
-      input.addEventListener("change", redraw);
+      input.addEventListener("input", changed);
+      input.addEventListener("change", changed);
       inputs.push(input);
       form.appendChild(label);
     });
@@ -115,7 +147,37 @@
       var frame = spec.frames[key];
       draw(root, spec, { title: frame.title, y: unpack(frame.y, spec.series.length) });
     }
+    function changed() { redraw(); writeHash(); }
+    // This explorer's entry for the address: every control, or "" when all are at their defaults.
+    root.vgEntry = function () {
+      var differs = false, pairs = spec.controls.map(function (c, j) {
+        var v = inputs[j].read();
+        differs = differs || v !== c.value;
+        return encodeURIComponent(c.name) + "=" + encodeURIComponent(v);
+      });
+      return differs ? pairs.join(",") : "";
+    };
+    // Set the controls to the state the address gives this explorer (a control it omits, or gives a
+    // value that is not among its values, takes its default). Returns null where the address holds
+    // no explorer state (nothing changes), else whether this is the first explorer it names.
+    function follow() {
+      var state = readHash(), index = explorers().indexOf(root) + 1, values = (state && state[index]) || {};
+      if (!state) return null;
+      inputs.forEach(function (input, j) {
+        var c = spec.controls[j], v = values[c.name];
+        input.set(c.values.indexOf(v) >= 0 ? v : c.value);
+      });
+      for (var k = 1; k < index; k++) if (state[k]) return false;
+      return !!state[index];
+    }
+    var linked = follow();
     redraw();
+    if (linked) window.addEventListener("load", function () { root.scrollIntoView({ block: "center" }); });
+    window.addEventListener("hashchange", function () {
+      var first = follow();
+      if (first !== null) redraw();
+      if (first) root.scrollIntoView({ block: "center" });
+    });
   }
   document.querySelectorAll(".vg-curve-explorer:not([data-ready])").forEach(function (root) {
     root.setAttribute("data-ready", "1");
