@@ -7,6 +7,7 @@ The environments themselves are built and run in ``tests/site/test_launch_enviro
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -37,7 +38,8 @@ def config_value(key: str) -> str:
 
 def test_the_repository_url_is_a_github_repository_named_once_in_config():
     assert re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", URL), URL
-    assert config_value("url") == URL and config_value("branch") == "main"
+    # the launch buttons open the release the chapters' Colab cell installs vglib from
+    assert config_value("url") == URL and config_value("branch") == f"v{PYPROJECT['project']['version']}"
 
 
 def test_every_other_mention_of_the_repository_agrees_with_config():
@@ -83,19 +85,31 @@ def test_each_chapter_starts_with_the_colab_install_cell_of_this_version(path):
     assert not first["outputs"], "the install cell prints nothing where vglib is installed"
 
 
-def test_the_install_cell_does_nothing_where_vglib_is_importable(tmp_path):
-    # run as the chapters run it under nbval: in a chapter's folder, vglib installed
+@pytest.mark.parametrize(
+    ("where", "flags", "extra_env"),
+    [
+        ("vglib installed (nbval, Binder, a local clone)", [], {}),
+        ("vglib installed, repository given", [], {"VGLIB_REPOSITORY": "file:///nonexistent"}),
+        ("no vglib, not Colab (another Jupyter)", ["-I", "-S"], {}),  # -S: site-packages unseen
+    ],
+    ids=["installed", "installed-with-repository", "elsewhere"],
+)
+def test_the_install_cell_does_nothing_but_on_colab_without_vglib(tmp_path, where, flags, extra_env):
     source = colab_cell.cell_source(CHAPTERS[0])
-    command = [sys.executable, "-c", source + "\nprint(os.getcwd())"]
-    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
-    assert done.returncode == 0 and done.stdout.strip() == str(tmp_path) and not done.stderr, done
-    assert not list(tmp_path.iterdir()), "nothing cloned"
+    found = "import importlib.util; print(importlib.util.find_spec('vglib') is not None)"
+    env = {k: v for k, v in os.environ.items() if k != "VGLIB_REPOSITORY"} | extra_env
+    has_vglib = subprocess.run([sys.executable, *flags, "-c", found], capture_output=True, text=True, env=env)
+    assert has_vglib.stdout.strip() == str(not flags), where
+    command = [sys.executable, *flags, "-c", source + "\nprint(os.getcwd())"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert done.returncode == 0 and done.stdout.strip() == str(tmp_path) and not done.stderr, (where, done)
+    assert not list(tmp_path.iterdir()), f"{where}: nothing cloned"
 
 
 def test_binder_pins_a_subset_of_requirements_at_the_same_versions_with_cpu_only_torch():
     lines = (ROOT / "binder" / "requirements.txt").read_text().splitlines()
     assert "--extra-index-url https://download.pytorch.org/whl/cpu" in lines
-    binder = pins_from_lines([line for line in lines if not line.startswith("--")], "binder/requirements.txt")
+    binder = pins_from_lines([line for line in lines if not line.startswith("-")], "binder/requirements.txt")
     direct = pins(ROOT / "requirements.txt")
     assert binder.pop("torch") == direct["torch"] + "+cpu"
     for name, version in binder.items():
@@ -103,11 +117,20 @@ def test_binder_pins_a_subset_of_requirements_at_the_same_versions_with_cpu_only
             f"binder pins {name}=={version}, requirements.txt {direct.get(name)}"
         )
     assert "pip install --no-deps" in (ROOT / "binder" / "postBuild").read_text()
+    # every package of the image is pinned, at the versions the project's lock pins
+    assert "-c constraints.txt" in lines
+    lock, image = pins(ROOT / "constraints.txt"), pins(ROOT / "binder" / "constraints.txt")
+    assert image.pop("torch") == lock.pop("torch") + "+cpu"
+    for name, version in image.items():
+        assert lock.get(name) == version, (
+            f"binder/constraints.txt pins {name}=={version}, not {lock.get(name)}"
+        )
+    assert set(binder) <= set(image)
 
 
 def test_binder_installs_what_the_chapters_need_and_nothing_of_the_toolchain():
     lines = (ROOT / "binder" / "requirements.txt").read_text().splitlines()
-    binder = set(pins_from_lines([line for line in lines if not line.startswith("--")]))
+    binder = set(pins_from_lines([line for line in lines if not line.startswith("-")]))
     project = PYPROJECT["project"]
 
     def names(requirements: list[str]) -> set[str]:
@@ -119,3 +142,22 @@ def test_binder_installs_what_the_chapters_need_and_nothing_of_the_toolchain():
     assert TOOLCHAIN <= set(pins(ROOT / "requirements.txt")), "TOOLCHAIN lists the build and test tools"
     runtime = (ROOT / "binder" / "runtime.txt").read_text().strip()
     assert runtime == "python-3.11" and PYPROJECT["project"]["requires-python"] == ">=3.11"
+
+
+def test_the_extensions_are_jupyter_books_without_thebe_and_ours():
+    # _config.yml replaces Jupyter Book's extension list (to leave sphinx_thebe out): an upgrade that
+    # adds a default extension must not be dropped silently
+    from jupyter_book.config import get_default_sphinx_config
+
+    text = (ROOT / "_config.yml").read_text()
+    listed = re.search(r"^\s+extensions:\s*\[(.*?)\]", text, flags=re.M | re.S)[1]
+    extensions = [name.strip() for name in listed.split(",")]
+    defaults = [e for e in get_default_sphinx_config()["extensions"] if e != "sphinx_thebe"]
+    ours = [
+        "sphinx_exercise",
+        "sphinxcontrib.bibtex",
+        "sphinx_jupyterbook_latex",
+        "sphinx_multitoc_numbering",
+    ]
+    assert extensions == defaults + ours
+    assert re.search(r"^\s+thebe:\s*false", text, flags=re.M)

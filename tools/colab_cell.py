@@ -2,12 +2,14 @@
 
 Colab opens a chapter on its own, straight from the repository, with torch, numpy, matplotlib,
 scikit-learn, SciPy and ipywidgets installed but neither vglib nor the files a chapter reads beside it
-(its recorded runs, the benchmark results). The cell clones the repository at the tag ``v<version>``
-of the vglib the chapter was executed with (a shallow clone, about 25 MB), installs vglib alone from
-it and moves into the chapter's folder of that copy, so the chapter runs as it does in the
-repository. Where vglib is importable (Binder, a local clone, the test suite) it does nothing.
-``VGLIB_REPOSITORY`` replaces the repository URL (the tests point it at a clone of the local
-checkout).
+(its recorded runs, the benchmark results). On Colab (``google.colab`` imported) the cell clones the
+repository at the tag ``v<version>`` of the vglib the chapter was executed with (a shallow clone,
+about 25 MB; the launch buttons open the same tag, ``repository.branch`` in ``_config.yml``),
+installs vglib alone from it and moves into the chapter's folder of that copy, so the chapter runs
+as it does in the repository; a second chapter, or the same one after a restart, finds the copy and
+moves into it. Anywhere else (Binder, a local clone, the test suite, any other Jupyter) it does
+nothing. ``VGLIB_REPOSITORY`` replaces the repository URL and turns the cell on outside Colab (the
+tests point it at a tagged snapshot of the local checkout).
 
 The repository URL is read from ``_config.yml`` and the version from ``pyproject.toml``, so neither is
 written twice. Run ``python tools/colab_cell.py`` to rewrite the cell in every chapter (after a version
@@ -25,24 +27,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TAG = "colab-install"  # the cell's id prefix and a tag, so the cell is found again
 TEMPLATE = """\
-# Colab: fetch the book at the tag of its vglib, install vglib from it and run in this chapter's
-# folder of that copy (which holds the chapter's recorded runs), when vglib is missing.
-# Binder and a local clone have vglib: there this cell does nothing.
+# Colab: fetch the book at the release tag of its vglib, install vglib from it and run in this
+# chapter's folder of that copy (which holds its recorded runs). Elsewhere this cell does nothing.
 import importlib.util
 import os
 import subprocess
 import sys
 
-BOOK = os.path.abspath("vanishing-gradients-v{version}")
-if importlib.util.find_spec("vglib") is None:
+BOOK = os.path.abspath("{name}-v{version}")
+COLAB = "google.colab" in sys.modules or "VGLIB_REPOSITORY" in os.environ
+if COLAB and importlib.util.find_spec("vglib") is None:
     if not os.path.isdir(BOOK):
         repository = os.environ.get("VGLIB_REPOSITORY", "{url}")
         git = ["git", "-c", "advice.detachedHead=false", "clone", "--quiet", "--depth", "1"]
         git += ["--branch", "v{version}", repository, BOOK]
-        subprocess.run(git, check=True)
+        if subprocess.run(git, env={{**os.environ, "GIT_TERMINAL_PROMPT": "0"}}).returncode != 0:
+            raise RuntimeError(f"could not clone {{repository}} at v{version}: is that release published?")
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", BOOK], check=True)
     importlib.invalidate_caches()
-if os.path.isdir(BOOK):
+if COLAB and os.path.isdir(BOOK):
     os.chdir(os.path.join(BOOK, "{folder}"))"""
 
 
@@ -62,7 +65,8 @@ def version() -> str:
 def cell_source(path: Path) -> str:
     """The install cell of the chapter at ``path``."""
     folder = path.resolve().parent.relative_to(ROOT).as_posix()
-    return TEMPLATE.format(url=repository_url(), version=version(), folder=folder)
+    url = repository_url()
+    return TEMPLATE.format(url=url, name=url.rsplit("/", 1)[1], version=version(), folder=folder)
 
 
 def is_install_cell(cell: dict) -> bool:

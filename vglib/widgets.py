@@ -170,7 +170,18 @@ class LiveExplorer:
         self.static_html = static_html
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        bundle = dict(self.widget._repr_mimebundle_(include=include, exclude=exclude) or {})
+        represent = getattr(self.widget, "_repr_mimebundle_", None)
+        if represent is not None:
+            bundle = dict(represent(include=include, exclude=exclude) or {})
+        else:
+            # ipywidgets 7 (Colab's for years) displays a widget through _ipython_display_ and has no
+            # _repr_mimebundle_: the same view bundle, built from its model id
+            bundle = {
+                "text/plain": repr(self.widget),
+                "application/vnd.jupyter.widget-view+json": {
+                    "version_major": 2, "version_minor": 0, "model_id": self.widget.model_id,
+                },
+            }  # fmt: skip
         bundle["text/html"] = self.static_html
         return bundle
 

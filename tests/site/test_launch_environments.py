@@ -48,11 +48,13 @@ VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["versi
 FIRST_CHAPTER = "chapters/causes/why_gradients_vanish.ipynb"
 # The build and test toolchain, none of which a reader's Binder image needs.
 TOOLCHAIN = {"jupyter-book", "myst-nb", "sphinx", "pytest", "pytest-xdist", "nbval", "ruff", "playwright"}
-# Not copied into the snapshot: build outputs, environments, caches.
-NOT_COPIED = shutil.ignore_patterns(
-    ".git", ".venv", "_build", "node_modules", "_site_assets", "test-artifacts", "*.egg-info",
-    "__pycache__", ".pytest_cache", ".ruff_cache", ".ipynb_checkpoints",
-)  # fmt: skip
+ROOT_NAME = "vanishing-gradients"
+# What Colab has that the Binder pins do not give: ipywidgets 7, which Colab shipped for years
+# (widgets display through _ipython_display_ there, not _repr_mimebundle_).
+COLAB_PROVIDES = ["ipywidgets==7.7.1"]
+# A chapter that reads recorded runs and a benchmark results file beside it (so the cell's move into
+# the clone matters), run first; then the first chapter, which finds the clone and moves into it.
+COLAB_CHAPTERS = ["chapters/detection/detecting_vanishing_gradients.ipynb", FIRST_CHAPTER]
 
 
 def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -62,7 +64,8 @@ def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 
 def folder_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+    """Disk space of the files under ``path``, as ``du`` counts it (allocated blocks)."""
+    return sum(p.lstat().st_blocks * 512 for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 class Environment:
@@ -71,6 +74,7 @@ class Environment:
     def __init__(self, venv: Path, home: Path):
         self.venv = venv
         self.bin = venv / "bin"
+        self.requirements: Path | None = None  # the requirements file it was built from
         inherited = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER", "VIRTUAL_ENV"))}
         for name in ("PYTHONPATH", "MPLBACKEND", "IPYTHONDIR", "PYDEVD_DISABLE_FILE_VALIDATION"):
             inherited.pop(name, None)
@@ -106,10 +110,16 @@ def binder_requirements() -> list[str]:
 
 @pytest.fixture(scope="module")
 def snapshot(tmp_path_factory) -> Path:
-    """This working tree as a git repository tagged ``v<version>``: what the repository holds at
-    the tag Colab clones, and the files repo2docker copies into a Binder image."""
-    book = tmp_path_factory.mktemp("repository") / "vanishing-gradients"
-    shutil.copytree(ROOT, book, ignore=NOT_COPIED, symlinks=True)
+    """The tracked files of this checkout (as they are in the working tree) as a git repository
+    tagged ``v<version>``: what the repository holds at the tag Colab clones, and the files
+    repo2docker copies into a Binder image. An untracked file is not in it, as it would not be."""
+    book = tmp_path_factory.mktemp("repository") / ROOT_NAME
+    tracked = run(["git", "-C", str(ROOT), "ls-files", "-z"]).stdout.split("\0")
+    for name in filter(None, tracked):
+        source = ROOT / name
+        if source.is_file():  # a tracked file deleted in the working tree is left out
+            (book / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, book / name)
     git = ["git", "-C", str(book), "-c", "user.name=test", "-c", "user.email=test@localhost"]
     run([*git, "init", "--quiet"])
     run([*git, "add", "-A"])
@@ -124,13 +134,12 @@ def environment(tmp_path_factory) -> Environment:
     base = tmp_path_factory.mktemp("binder")
     requirements = base / "requirements.txt"
     requirements.write_text("\n".join(binder_requirements()) + "\n")
+    shutil.copy(BINDER / "constraints.txt", base / "constraints.txt")  # its -c line, beside it
     python = shutil.which("python" + runtime_version()) or sys.executable
     started = time.perf_counter()
     run([python, "-m", "venv", str(base / "venv")])
     env = Environment(base / "venv", base / "home")
-    env.python(
-        "-m", "pip", "install", "--quiet", "-r", str(requirements), "-c", str(ROOT / "constraints.txt")
-    )
+    env.python("-m", "pip", "install", "--quiet", "-r", str(requirements))
     seconds = time.perf_counter() - started
     site = next((base / "venv" / "lib").glob("python3*/site-packages"))
     measured = {
@@ -143,6 +152,7 @@ def environment(tmp_path_factory) -> Environment:
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "binder-environment.json").write_text(json.dumps(measured, indent=1) + "\n")
     print(f"binder environment: {measured}")
+    env.requirements = requirements
     return env
 
 
@@ -164,32 +174,49 @@ def test_the_environment_has_what_a_reader_needs_and_no_toolchain(environment):
     assert environment.vglib() == {}, "vglib is installed by postBuild, not by requirements.txt"
 
 
-def test_colab_a_chapter_outside_the_repository_installs_vglib_and_runs(environment, snapshot, tmp_path):
-    # Colab: torch, numpy, matplotlib, scikit-learn, SciPy and ipywidgets, and no vglib
-    environment.python("-c", "import torch, numpy, matplotlib, sklearn, scipy, ipywidgets")
-    assert environment.vglib() == {}, "the Colab simulation needs an environment without vglib"
-    chapter = tmp_path / Path(FIRST_CHAPTER).name
-    shutil.copy(ROOT / FIRST_CHAPTER, chapter)
-    env = {**environment.env, "VGLIB_REPOSITORY": f"file://{snapshot}"}
-    run([str(environment.bin / "jupyter-execute"), "--timeout=600", "--output=executed", chapter.name],
-        cwd=tmp_path, env=env, timeout=900)  # fmt: skip
+def test_colab_chapters_opened_alone_install_vglib_and_run(environment, snapshot, tmp_path):
+    # Colab: torch, numpy, matplotlib, scikit-learn, SciPy and ipywidgets 7, and no vglib
+    environment.python("-m", "pip", "install", "--quiet", *COLAB_PROVIDES)
+    try:
+        environment.python("-c", "import torch, numpy, matplotlib, sklearn, scipy, ipywidgets")
+        assert environment.vglib() == {}, "the Colab simulation needs an environment without vglib"
+        env = {**environment.env, "VGLIB_REPOSITORY": f"file://{snapshot}"}
+        clone = tmp_path / f"{ROOT_NAME}-v{VERSION}"
+        for chapter in COLAB_CHAPTERS:  # opened one after the other in the same /content
+            notebook = json.loads((ROOT / chapter).read_text())
+            # a last cell reports where the chapter ran
+            where = {"cell_type": "code", "execution_count": None, "id": "where", "metadata": {},
+                     "outputs": [], "source": "import os\nprint(os.getcwd())"}  # fmt: skip
+            notebook["cells"].append(where)
+            copy = tmp_path / Path(chapter).name
+            copy.write_text(json.dumps(notebook))
+            run([str(environment.bin / "jupyter-execute"), "--timeout=600", "--output=executed", copy.name],
+                cwd=tmp_path, env=env, timeout=900)  # fmt: skip
+            executed = json.loads((tmp_path / "executed.ipynb").read_text())
+            check_colab_run(executed, notebook, where=clone / Path(chapter).parent)
 
-    installed = environment.vglib()
-    assert installed.get("Version") == VERSION and "Editable project location" not in installed
-    clone = tmp_path / f"vanishing-gradients-v{VERSION}"
-    assert run(["git", "-C", str(clone), "describe", "--tags"]).stdout.strip() == f"v{VERSION}"
-    executed = json.loads((tmp_path / "executed.ipynb").read_text())
-    committed = json.loads(chapter.read_text())
+        installed = environment.vglib()
+        assert installed.get("Version") == VERSION and "Editable project location" not in installed
+        assert run(["git", "-C", str(clone), "describe", "--tags"]).stdout.strip() == f"v{VERSION}"
+    finally:
+        environment.python("-m", "pip", "uninstall", "--quiet", "--yes", "vglib")
+        environment.python("-m", "pip", "install", "--quiet", "-r", str(environment.requirements))
+
+
+def check_colab_run(executed: dict, committed: dict, where: Path) -> None:
     code = [c for c in executed["cells"] if c["cell_type"] == "code"]
     assert "colab-install" in code[0]["metadata"]["tags"]
     assert not code[0]["outputs"], f"the install cell printed: {code[0]['outputs']}"
     outputs = [o for c in code for o in c["outputs"]]
     assert not [o for o in outputs if o["output_type"] == "error" or o.get("name") == "stderr"], outputs
+    assert code[-1]["outputs"][0]["text"].strip() == str(where), "the chapter ran in its folder of the clone"
     # every cell that shows something in the book shows it on Colab (a glued value is stored for the
     # page by myst-nb, which Colab lacks: a cell that only glues shows nothing there, here or on Colab)
     shown = [shows(c["outputs"]) for c in committed["cells"] if c["cell_type"] == "code"]
-    assert [shows(c["outputs"]) for c in code] == shown
-    environment.python("-m", "pip", "uninstall", "--quiet", "--yes", "vglib")
+    assert [shows(c["outputs"]) for c in code][:-1] == shown[:-1]
+    # the explorers are live widgets (ipywidgets 7 has no _repr_mimebundle_)
+    views = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert views and all("text/html" in o["data"] for o in views)
 
 
 def shows(outputs: list[dict]) -> bool:
@@ -291,18 +318,28 @@ def lab(binder, snapshot):
         log.close()
 
 
-def kernel_idle(page, timeout: float = 120_000) -> None:
-    """Wait until the notebook's kernel has started and is idle (accepting Lab's kernel dialog, which
-    it shows when a command needs a kernel that is not up yet)."""
-    deadline = time.monotonic() + timeout / 1000
+def kernel_idle(page, url: str, token: str, dialogs: list[str], timeout: float = 180) -> None:
+    """Wait until the server reports the chapter's kernel started and idle, and its cells have left
+    the queue. Lab's "Select Kernel" dialog (shown when a command needs a kernel that is not up yet)
+    is accepted and recorded in ``dialogs``; any other dialog fails the test."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        accept = page.locator(".jp-Dialog .jp-Dialog-button.jp-mod-accept")
-        if accept.count():
-            accept.first.click()
-        if page.evaluate("document.body.innerText.includes('(ipykernel) | Idle')"):  # the status bar
+        dialog = page.locator(".jp-Dialog")
+        if dialog.count():
+            title = dialog.first.locator(".jp-Dialog-header").inner_text().strip()
+            assert title == "Select Kernel", f"JupyterLab showed a dialog: {dialog.first.inner_text()}"
+            dialogs.append(title)
+            dialog.first.locator(".jp-Dialog-button.jp-mod-accept").click()
+        with urllib.request.urlopen(f"{url}/api/sessions?token={token}", timeout=5) as response:
+            sessions = json.loads(response.read())
+        states = [
+            s["kernel"]["execution_state"] for s in sessions if s["path"] == FIRST_CHAPTER and s.get("kernel")
+        ]
+        busy = page.locator(".jp-CodeCell .jp-InputArea-prompt:has-text('[*]')").count()
+        if states == ["idle"] and not busy:
             return
         page.wait_for_timeout(250)
-    pytest.fail("the kernel did not start and become idle")
+    pytest.fail(f"the kernel did not start and become idle in {timeout} s (sessions: {sessions})")
 
 
 def menu(page, menu_name: str, item: str) -> None:
@@ -326,11 +363,12 @@ def test_binder_jupyterlab_runs_the_first_chapter_and_the_explorer_redraws(lab, 
 
     context.route("**/*", local_only)
     page = context.new_page()
+    dialogs: list[str] = []
     try:
         # the path Binder's button opens (urlpath=lab/tree/<chapter>)
         page.goto(f"{url}/lab/tree/{FIRST_CHAPTER}?token={token}")
         page.wait_for_selector(".jp-NotebookPanel .jp-CodeCell", timeout=120_000)
-        kernel_idle(page)
+        kernel_idle(page, url, token, dialogs)
         # the committed outputs and execution counts go, so what the test sees next is this run's
         menu(page, "Edit", "Clear Outputs of All Cells")
         page.wait_for_function(
@@ -346,7 +384,7 @@ def test_binder_jupyterlab_runs_the_first_chapter_and_the_explorer_redraws(lab, 
             }""",
             timeout=300_000,
         )
-        kernel_idle(page)
+        kernel_idle(page, url, token, dialogs)
         errors = page.locator("[data-mime-type='application/vnd.jupyter.stderr']").all_inner_texts()
         assert not errors, f"the chapter printed errors or warnings in JupyterLab: {errors}"
         cells = json.loads((ROOT / FIRST_CHAPTER).read_text())["cells"]
