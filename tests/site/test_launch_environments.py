@@ -209,7 +209,7 @@ def check_colab_run(executed: dict, committed: dict, where: Path) -> None:
     assert not code[0]["outputs"], f"the install cell printed: {code[0]['outputs']}"
     outputs = [o for c in code for o in c["outputs"]]
     assert not [o for o in outputs if o["output_type"] == "error" or o.get("name") == "stderr"], outputs
-    assert code[-1]["outputs"][0]["text"].strip() == str(where), "the chapter ran in its folder of the clone"
+    assert "".join(code[-1]["outputs"][0]["text"]).strip() == str(where), "it ran in its folder of the clone"
     # every cell that shows something in the book shows it on Colab (a glued value is stored for the
     # page by myst-nb, which Colab lacks: a cell that only glues shows nothing there, here or on Colab)
     shown = [shows(c["outputs"]) for c in committed["cells"] if c["cell_type"] == "code"]
