@@ -15,14 +15,18 @@ Explorers are numbered from 1 in page order (among the page's ``.vg-curve-explor
 entries are separated by ``&``, controls by ``,``, and a name from its value by ``=``. Names and
 values are URI-encoded (JavaScript's ``encodeURIComponent``; ``explorer_fragment`` writes the same
 from Python); a value is the control's value as the page shows it (``str(v)``, so ``2.0`` stays
-``2.0``). On a control change the script rewrites the fragment with ``history.replaceState`` (no
-history entry, no scroll); an explorer back at its defaults leaves the fragment, and when all are,
-so does the explorer state. It reads the fragment on load (and scrolls the first explorer it
-names into view) and on ``hashchange``. In an explorer state, an explorer or control the fragment
-omits takes its default, and so does a control given a value that is not among its values; entries
-for explorers the page lacks are ignored. A fragment with no ``explorer-N:`` entry is an ordinary
-anchor (a section heading): the explorers leave it alone until a control changes, when it is
-replaced by the explorer state.
+``2.0``). A control redraws on every ``input`` event (each step of a dragged slider), and the
+script rewrites the fragment with ``history.replaceState`` (no history entry, no scroll) only on
+``change``, when the value is committed (a slider released or stepped with the keyboard, a menu
+choice), and only when the fragment would differ: browsers rate-limit ``replaceState`` (Safari
+throws a SecurityError past 100 calls in 30 s, Chrome ignores calls past its limit), so a write
+per drag step could leave the address behind the curve. An explorer back at its defaults leaves
+the fragment, and when all are, so does the explorer state. It reads the fragment on load (and
+scrolls the first explorer it names into view) and on ``hashchange``. In an explorer state, an
+explorer or control the fragment omits takes its default, and so does a control given a value
+that is not among its values; entries for explorers the page lacks are ignored. A fragment with
+no ``explorer-N:`` entry is an ordinary anchor (a section heading): the explorers leave it alone
+until a control changes, when it is replaced by the explorer state.
 """
 
 from __future__ import annotations

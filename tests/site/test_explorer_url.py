@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -48,6 +49,27 @@ def in_view(locator) -> bool:
     )
 
 
+def commit(control, value: str | int) -> None:
+    """Set a control as a reader does, an ``input`` then a ``change`` event, without Playwright's
+    scrolling (a range takes the index of its value)."""
+    control.evaluate(
+        "(el, v) => { el.value = v; for (const t of ['input', 'change'])"
+        " el.dispatchEvent(new Event(t, {bubbles: true})); }",
+        value,
+    )
+
+
+def hashchange_after(page, action: Callable[[], object]) -> None:
+    """Run ``action`` (which changes the fragment) and wait until the page has handled its
+    ``hashchange``: the explorers listen from load on, so their handlers have run by then."""
+    page.evaluate(
+        "window.vgHashchanged = false; addEventListener('hashchange',"
+        " () => setTimeout(() => { vgHashchanged = true; }), {once: true})"
+    )
+    action()
+    page.wait_for_function("vgHashchanged", timeout=10_000)
+
+
 def test_a_link_opens_the_explorer_in_its_configuration_and_a_change_rewrites_it(site_url, browser):
     default = Visit(browser, site_url + CHAPTER)
     try:
@@ -71,7 +93,7 @@ def test_a_link_opens_the_explorer_in_its_configuration_and_a_change_rewrites_it
         assert in_view(explorer), "the linked explorer is scrolled into view"
 
         # a change through the page: ArrowRight on the depth slider, then a menu
-        history, scroll = page.evaluate("history.length"), page.evaluate("scrollY")
+        history = page.evaluate("history.length")
         explorer.locator("[data-control=depth]").press("ArrowRight")
         moved = state(explorer)
         assert moved["key"] == "60|tanh|he" and len(moved["points"].split()) == 60
@@ -81,16 +103,18 @@ def test_a_link_opens_the_explorer_in_its_configuration_and_a_change_rewrites_it
         assert fragment(page) == "#explorer-1:depth=60,activation=relu,init=he"
         assert state(explorer)["points"] != moved["points"]
         assert page.evaluate("history.length") == history, "replaceState: no new history entry"
-        assert page.evaluate("scrollY") == scroll, "no scroll jump"
 
-        # back at every default, the explorer leaves the address
-        explorer.locator("[data-control=activation]").select_option("sigmoid")
-        explorer.locator("[data-control=init]").select_option("xavier")
-        explorer.locator("[data-control=depth]").evaluate(
-            "el => { el.value = 10; el.dispatchEvent(new Event('input', {bubbles: true})); }"
-        )
+        # back at every default, the explorer leaves the address, and the page stays where the
+        # reader is (an emptied fragment set through location would jump to the top)
+        scroll = page.evaluate("scrollTo(0, scrollY + 300); scrollY")
+        assert scroll > 300
+        commit(explorer.locator("[data-control=activation]"), "sigmoid")
+        commit(explorer.locator("[data-control=init]"), "xavier")
+        commit(explorer.locator("[data-control=depth]"), 10)  # the grid's 11th depth, 30
         assert state(explorer)["key"] == "30|sigmoid|xavier"
         assert fragment(page) == "" and "#" not in page.url
+        assert page.evaluate("scrollY") == scroll, "no scroll jump"
+        assert page.evaluate("history.length") == history, "replaceState: no new history entry"
 
         # an address typed or followed on the page (hashchange) is read too
         page.evaluate("location.hash = 'explorer-1:init=he'")
@@ -110,12 +134,26 @@ def test_a_section_anchor_still_works_and_is_left_alone(site_url, browser):
         assert page.evaluate("scrollY") > 0 and in_view(heading)
         explorer = page.locator(".vg-curve-explorer").first
         assert state(explorer)["key"] == "30|sigmoid|xavier"
-        # a section link clicked on the page still navigates, and the explorers ignore it
-        page.evaluate("location.hash = 'exercises'; location.hash = 'why-gradients-vanish'")
-        assert fragment(page) == "#why-gradients-vanish" and state(explorer)["key"] == "30|sigmoid|xavier"
-        # the anchor is replaced only once a control changes
+        # the anchor is replaced once a control changes
         explorer.locator("[data-control=init]").select_option("he")
         assert fragment(page) == "#explorer-1:depth=30,activation=sigmoid,init=he"
+        explorer.locator("[data-control=depth]").press("ArrowRight")
+        moved = state(explorer)
+        assert moved["key"] == "40|sigmoid|he" and fragment(page) == "#" + explorer_fragment(
+            {1: {"depth": 40, "activation": "sigmoid", "init": "he"}}
+        )
+        # a section link clicked on the page (the page's contents) still scrolls to its heading, and
+        # the explorers keep what they show
+        page.evaluate("scrollTo(0, 0)")
+        assert not in_view(heading)
+        link = page.locator('#pst-page-toc-nav a[href="#exercises"]')
+        hashchange_after(page, link.click)
+        assert fragment(page) == "#exercises"
+        assert 0 <= heading.evaluate("el => el.getBoundingClientRect().top") < 100
+        assert state(explorer) == moved
+        # and the next change replaces the anchor again
+        explorer.locator("[data-control=init]").select_option("xavier")
+        assert fragment(page) == "#explorer-1:depth=40,activation=sigmoid,init=xavier"
         assert visit.errors == []
     finally:
         visit.close()
@@ -196,7 +234,9 @@ def two_explorers() -> str:
     second = curve_explorer_html(SECOND, _frame, series, xlabel="x", ylabel="y")
     return (
         '<!doctype html><html><head><meta charset="utf-8"></head><body>'
-        f'<h2 id="top">Top</h2>{first}<div style="height:3000px"></div>{second}'
+        # room above the first explorer: a 700 px window shows it only when scrolled to it
+        f'<h2 id="top">Top</h2><div style="height:3000px"></div>{first}'
+        f'<div style="height:3000px"></div>{second}'
         '<h2 id="end">End</h2><div style="height:3000px"></div></body></html>'
     )
 
@@ -204,10 +244,12 @@ def two_explorers() -> str:
 class MemoryPage:
     """``PAGE_URL`` served from memory in a fresh context, with page errors recorded."""
 
-    def __init__(self, browser, body: str, hash_: str = ""):
+    def __init__(self, browser, body: str, hash_: str = "", init_script: str = ""):
         self.errors: list[str] = []
         self.context = browser.new_context(viewport={"width": 1000, "height": 700})
         self.context.route("**/*", self._route)
+        if init_script:
+            self.context.add_init_script(init_script)
         self.body = body
         self.page = self.context.new_page()
         self.page.on("pageerror", lambda error: self.errors.append(str(error)))
@@ -256,6 +298,7 @@ def test_two_explorers_share_the_address_and_awkward_values_round_trip(browser, 
     try:
         assert again.keys() == shown and fragment(again.page) == address
         assert in_view(again.page.locator(".vg-curve-explorer").first)
+        assert not in_view(again.page.locator(".vg-curve-explorer").nth(1))
         # a hashchange to one explorer's state puts the other back at its defaults, and scrolls to it
         again.page.evaluate("location.hash = 'explorer-2:init=he%20(ReLU),scale=2.5,lr=1e-2'")
         again.page.wait_for_function(
@@ -263,9 +306,10 @@ def test_two_explorers_share_the_address_and_awkward_values_round_trip(browser, 
         )
         assert again.keys() == ["2|sigmoid", "1e-2|2.5|he (ReLU)"]
         assert in_view(again.page.locator(".vg-curve-explorer").nth(1))
-        # a plain anchor leaves them as they are
-        again.page.evaluate("location.hash = 'end'")
+        # a plain anchor leaves them as they are, and scrolls to its heading
+        hashchange_after(again.page, lambda: again.page.evaluate("location.hash = 'end'"))
         assert again.keys() == ["2|sigmoid", "1e-2|2.5|he (ReLU)"] and fragment(again.page) == "#end"
+        assert abs(again.page.locator("#end").evaluate("el => el.getBoundingClientRect().top")) < 1
         assert again.errors == []
     finally:
         again.close()
@@ -276,3 +320,65 @@ def test_two_explorers_share_the_address_and_awkward_values_round_trip(browser, 
         assert typed.keys() == ["2|sigmoid", "1e-3|2.5|x:y"] and typed.errors == []
     finally:
         typed.close()
+
+
+# The page's writes to its address, recorded: browsers rate-limit history.replaceState (Safari throws,
+# Chrome ignores calls), so a write per step of a dragged slider could leave an older curve's address.
+COUNT_WRITES = """
+window.vgWrites = [];
+const replaceState = history.replaceState.bind(history);
+history.replaceState = (state, title, url) => { vgWrites.push(String(url)); replaceState(state, title, url) };
+"""
+KEYS_SEEN = """
+window.vgKeys = [];
+new MutationObserver(records => records.forEach(r => vgKeys.push(r.target.dataset.key)))
+    .observe(document.querySelector('.vg-curve-explorer'), {attributes: true, attributeFilter: ['data-key']});
+"""
+
+
+def test_the_address_is_written_once_per_committed_change(browser, two_explorers):
+    memory = MemoryPage(browser, two_explorers, init_script=COUNT_WRITES)
+    try:
+        page = memory.page
+        first = page.locator(".vg-curve-explorer").first
+        depth, kind = first.locator("[data-control=depth]"), first.locator("[data-control=kind]")
+
+        def written() -> list[str]:
+            return [url.partition("#")[2] for url in page.evaluate("vgWrites")]
+
+        # a slider scrubbed to and fro: every input event redraws, none writes the address
+        drawn = set()
+        for index in (0, 2, 1, 0, 2, 0, 2):
+            depth.evaluate("(el, v) => { el.value = v; el.dispatchEvent(new Event('input')); }", index)
+            drawn.add(state(first)["points"])
+        assert len(drawn) == 3 and memory.keys()[0] == "3|sigmoid"
+        assert written() == [] and fragment(page) == ""
+        # released: one write, of the final value
+        depth.dispatch_event("change")
+        assert written() == ["explorer-1:depth=3,kind=sigmoid"] and fragment(page) == "#" + written()[-1]
+        # a change that would leave the address as it is writes nothing
+        depth.dispatch_event("change")
+        assert len(written()) == 1
+        # the keyboard and a menu: one write per committed change (back at the defaults: no fragment)
+        depth.press("ArrowLeft")
+        assert memory.keys()[0] == "2|sigmoid" and written()[1:] == [""] and fragment(page) == ""
+        kind.select_option("tanh")
+        assert written()[2:] == ["explorer-1:depth=2,kind=tanh"] and fragment(page) == "#" + written()[-1]
+        kind.select_option("tanh")  # chosen again: the same address
+        assert len(written()) == 3
+        # dragged with the mouse from the middle to the left end, then the right end: redrawn on the
+        # way, written once, on release
+        depth.scroll_into_view_if_needed()
+        page.evaluate(KEYS_SEEN)
+        box = depth.bounding_box()
+        y = box["y"] + box["height"] / 2
+        page.mouse.move(box["x"] + box["width"] / 2, y)
+        page.mouse.down()
+        page.mouse.move(box["x"] + 1, y, steps=5)
+        page.mouse.move(box["x"] + box["width"] - 1, y, steps=10)
+        assert page.evaluate("vgKeys") == ["1|tanh", "2|tanh", "3|tanh"] and len(written()) == 3
+        page.mouse.up()
+        assert written()[3:] == ["explorer-1:depth=3,kind=tanh"] and fragment(page) == "#" + written()[-1]
+        assert memory.keys()[0] == "3|tanh" and memory.errors == []
+    finally:
+        memory.close()

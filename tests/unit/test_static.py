@@ -135,3 +135,7 @@ def test_page_carries_the_script_without_comment_lines_or_indentation():
     ]
     assert inlined.splitlines() == code  # every statement kept, in order, one per line
     assert len(inlined) < 0.85 * len(source)
+    # a page carries one copy per explorer, and the heaviest chapter is close to its 3 MB budget
+    # (tests/site/test_site.py): comments go on lines of their own, where they are dropped
+    assert "/*" not in inlined and not any(" // " in line for line in code)
+    assert len(inlined.encode("utf-8")) < 7_800

@@ -21,16 +21,19 @@
     });
     return state;
   }
+  // Called on a committed change (not on every input tick: browsers rate-limit replaceState, Safari
+  // by throwing, Chrome by ignoring calls). A write that would not change the fragment is skipped;
+  // explorers all at their defaults leave a plain anchor as it is. An address that cannot be
+  // rewritten (a sandboxed frame) keeps its fragment.
   function writeHash() {
-    var entries = explorers().map(function (root, i) {
+    var hash = explorers().map(function (root, i) {
       var entry = root.vgEntry ? root.vgEntry() : "";
       return entry && "explorer-" + (i + 1) + ":" + entry;
-    }).filter(Boolean);
-    if (!entries.length && !readHash()) return; // all defaults: a plain anchor stays
+    }).filter(Boolean).join("&");
+    if (hash ? "#" + hash === location.hash : !readHash()) return;
     try {
-      history.replaceState(history.state, "", location.pathname + location.search +
-                           (entries.length ? "#" + entries.join("&") : ""));
-    } catch (e) { /* an address that cannot be rewritten (a sandboxed frame) keeps its fragment */ }
+      history.replaceState(history.state, "", location.pathname + location.search + (hash && "#" + hash));
+    } catch (e) {}
   }
   var NS = "http://www.w3.org/2000/svg";
   var SUP = { "-": "\u207b", "0": "\u2070", "1": "\u00b9", "2": "\u00b2", "3": "\u00b3", "4": "\u2074",
@@ -136,18 +139,19 @@
       }
       input.name = c.name;
       input.setAttribute("data-control", c.name);
-      input.addEventListener("input", changed);
-      input.addEventListener("change", changed);
+      // a slider redraws while it is dragged; the address follows once the value is committed
+      input.addEventListener("input", redraw);
+      input.addEventListener("change", function () { redraw(); writeHash(); });
       inputs.push(input);
       form.appendChild(label);
     });
     function redraw() {
       var key = inputs.map(function (i) { return i.read(); }).join("|");
+      if (key === root.getAttribute("data-key")) return;
       root.setAttribute("data-key", key);
       var frame = spec.frames[key];
       draw(root, spec, { title: frame.title, y: unpack(frame.y, spec.series.length) });
     }
-    function changed() { redraw(); writeHash(); }
     // This explorer's entry for the address: every control, or "" when all are at their defaults.
     root.vgEntry = function () {
       var differs = false, pairs = spec.controls.map(function (c, j) {
@@ -175,7 +179,7 @@
     if (linked) window.addEventListener("load", function () { root.scrollIntoView({ block: "center" }); });
     window.addEventListener("hashchange", function () {
       var first = follow();
-      if (first !== null) redraw();
+      redraw();
       if (first) root.scrollIntoView({ block: "center" });
     });
   }
