@@ -121,6 +121,7 @@ robustness: $(STAMP)
 benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/explorer_latency.py
 	$(BIN)/python benchmarks/monitor_overhead.py
+	$(BIN)/python benchmarks/tensorboard_overhead.py --histograms
 	$(BIN)/python benchmarks/activation_cost.py
 	$(BIN)/python benchmarks/recurrent_cost.py
 	$(BIN)/python benchmarks/normalisation_cost.py

@@ -57,6 +57,7 @@ import vglib
 import vglib.monitor
 
 Step = Callable[[], None]
+Key = tuple[str, str]  # a timed variant: (monitor label, sampling)
 
 
 # -- the models -------------------------------------------------------------------------------------
@@ -210,11 +211,24 @@ def measure(
             variants[label, sampling] = step
     if case.unsampled:  # an A/A control: a second plain copy, timed like the others
         variants["control", "plain copy"] = make_step(copy.deepcopy(reference), case, x, y)[0]
+    times = time_alternating(variants, blocks, steps_per_block)
+    hooked = len(opened[0].activations)
+    for monitor in opened:
+        monitor.close()
+    return *ratio_figures(times, ("plain", "")), hooked
+
+
+def time_alternating(
+    variants: dict[Key, Step], blocks: int, steps_per_block: int, warmup: int = 3
+) -> dict[Key, list[float]]:
+    """Seconds per step of each variant in each round: after ``warmup`` steps of each, ``blocks``
+    rounds of one block of ``steps_per_block`` steps per variant, in an order that rotates from
+    round to round (so that drift of the machine affects all alike)."""
     for step in variants.values():  # warm up (and take the one sampled step of every = 10**6)
-        for _ in range(3):
+        for _ in range(warmup):
             step()
     keys = list(variants)
-    times: dict[tuple[str, str], list[float]] = {key: [] for key in keys}
+    times: dict[Key, list[float]] = {key: [] for key in keys}
     for round_ in range(blocks):
         shift = round_ % len(keys)
         for key in keys[shift:] + keys[:shift]:
@@ -223,16 +237,22 @@ def measure(
             for _ in range(steps_per_block):
                 step()
             times[key].append((time.perf_counter() - start) / steps_per_block)
-    hooked = len(opened[0].activations)
-    for monitor in opened:
-        monitor.close()
-    plain = np.array(times["plain", ""])
+    return times
+
+
+def ratio_figures(times: dict[Key, list[float]], baseline: Key) -> tuple[float, dict[Key, Figure]]:
+    """The baseline's median ms per step, and for every other variant a ``Figure``: its median ms
+    per step and the median and interquartile range over rounds of its ratio to the baseline's
+    block of the same round."""
+    base = np.array(times[baseline])
     figures = {}
-    for key in keys[1:]:
-        ratios = np.array(times[key]) / plain
+    for key, values in times.items():
+        if key == baseline:
+            continue
+        ratios = np.array(values) / base
         q1, q3 = np.percentile(ratios, [25, 75])
-        figures[key] = Figure(float(np.median(times[key])) * 1e3, float(np.median(ratios)), (q1, q3))
-    return float(np.median(plain)) * 1e3, figures, hooked
+        figures[key] = Figure(float(np.median(values)) * 1e3, float(np.median(ratios)), (q1, q3))
+    return float(np.median(base)) * 1e3, figures
 
 
 def report(case: Case, plain_ms: float, figures: dict[tuple[str, str], Figure], hooked: int) -> None:

@@ -4,7 +4,7 @@ Layers, each importing only from those above it: activations and initialisations
 probes -> theory -> plots -> widgets.
 """
 
-from . import examples, widgets
+from . import examples, tensorboard, widgets
 from ._glue import glue, rounded
 from ._seed import SeedSpread, over_seeds, seed_everything, seed_offset, shifted_seed, torch_seed
 from .activations import ACTIVATIONS, Activation, activation_derivative, get_activation
@@ -66,7 +66,7 @@ from .models import (
     build_recurrent,
     build_rnn,
 )
-from .monitor import GradientMonitor, register_activation
+from .monitor import GradientMonitor, StepCallback, register_activation
 from .plots import (
     UNDERFLOW_FLOOR,
     CurveFigure,
@@ -208,6 +208,7 @@ __all__ = [
     "ResidualBlock",
     "SeedSpread",
     "Series",
+    "StepCallback",
     "StreamProfile",
     "Task",
     "TimeFlow",
@@ -322,6 +323,7 @@ __all__ = [
     "stream_profile",
     "success_table",
     "teacher_student",
+    "tensorboard",
     "torch_seed",
     "train",
     "train_deep_linear",

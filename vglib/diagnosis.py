@@ -18,6 +18,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ from torch import nn
 
 from ._validation import check_positive_int
 from .flow import GradientFlow, Inputs, gradient_flow
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "COLLAPSE_SPREAD",
@@ -216,6 +220,40 @@ class Diagnosis:
         if self.remedies:
             lines += ["", "what to try:"] + [f"  - {r}" for r in self.remedies]
         return "\n".join(lines)
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """The per-layer measurements the verdict judged, as a ``pandas.DataFrame`` with one row
+        per layer call of ``flow`` in call order (what ``print(diagnosis)`` tabulates): ``layer``,
+        ``position`` (0 for the first call), ``type``, ``output_grad_norm`` and
+        ``output_grad_rms`` (``||dL/dh||`` at the layer's output, whole and per element),
+        ``weight_grad_norm``, ``bias_grad_norm`` (NaN where absent), ``unit_spread`` and
+        ``flagged`` (one of the layers to look at). The verdict itself (status, reason, the fitted
+        changes) is in ``df.attrs``. Needs pandas (``pip install "vglib[pandas]"``)."""
+        from .tables import require_pandas
+
+        pd = require_pandas()
+        flow = self.flow
+        frame = pd.DataFrame(
+            {
+                "layer": list(flow.layer_names),
+                "position": np.arange(flow.depth, dtype=np.int64),
+                "type": list(flow.layer_types),
+                "output_grad_norm": np.asarray(flow.output_grad_norms, dtype=np.float64),
+                "output_grad_rms": np.asarray(flow.output_grad_rms, dtype=np.float64),
+                "weight_grad_norm": np.asarray(flow.weight_grad_norms, dtype=np.float64),
+                "bias_grad_norm": np.asarray(flow.bias_grad_norms, dtype=np.float64),
+                "unit_spread": np.asarray(flow.unit_spread, dtype=np.float64),
+                "flagged": np.array([name in self.flagged for name in flow.layer_names], dtype=bool),
+            }
+        )
+        frame.attrs.update(
+            status=self.status,
+            reason=self.reason,
+            depth_change=self.depth_change,
+            depth_factor=self.depth_factor,
+            time_change=self.time_change,
+        )
+        return frame
 
 
 def _fitted_change(norms: np.ndarray) -> tuple[float, float, int]:

@@ -12,9 +12,10 @@ and ``GradientMonitor(..., activations={cls: kind})`` does so for one monitor.
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,13 +24,14 @@ from torch import nn
 
 from ._tensors import _FLOAT32_SAFE, exact_norm, to_numpy
 from ._validation import check_choice, check_positive_int
-from .tables import COLUMNS, MonitorTable, RecordedMonitor
+from .tables import COLUMNS, GLOBAL_ROW, LAYER_COLUMNS, MonitorTable, RecordedMonitor
 
 __all__ = [
     "ACTIVATION_KINDS",
     "GRADIENT_LOG_RANGE",
     "HISTOGRAM_BINS",
     "GradientMonitor",
+    "StepCallback",
     "register_activation",
 ]
 
@@ -54,6 +56,14 @@ Saturation is tested only where the test on ``h`` is exact (sigmoid, tanh). ``Ha
 """
 
 _KindRule = str | None | Callable[[nn.Module], str]
+
+StepCallback = Callable[["GradientMonitor", MonitorTable], None]
+"""``fn(monitor, step_table)``: called once after each *sampled* step has been recorded, with a
+``MonitorTable`` that holds that step's rows only (see ``GradientMonitor``'s ``callbacks``)."""
+
+Selector = str | type[nn.Module]
+"""A module name glob pattern (``fnmatch``, on the dotted name ``model.named_modules()`` gives) or
+an ``nn.Module`` subclass: what ``include=`` / ``exclude=`` take."""
 
 
 def _threshold_kind(module: nn.Module) -> str:
@@ -100,6 +110,7 @@ GRADIENT_LOG_RANGE = (-30.0, 2.0)
 _SIGMOID_EDGE = math.sqrt(0.25 - 0.1 * 0.25)
 _TANH_EDGE = math.sqrt(1 - 0.1)
 _CALL_SEPARATOR = "#"
+_SUMMARY_KINDS = {"global": 1, "group": 2}  # rows after the layers', in this order
 
 
 def _check_activation_class(cls: object) -> type[nn.Module]:
@@ -492,6 +503,99 @@ class _StepRecorder:
         return out
 
 
+def _selectors(name: str, value: object) -> tuple[Selector, ...] | None:
+    """``include``/``exclude`` as a tuple of patterns and classes (``None`` stays ``None``)."""
+    if value is None:
+        return None
+    items = (value,) if isinstance(value, str | type) else value
+    if not isinstance(items, Iterable):
+        raise TypeError(
+            f"{name} must be a module name pattern (str), an nn.Module subclass or a sequence of them; "
+            f"got {type(value).__name__}"
+        )
+    items = tuple(items)
+    for item in items:
+        if not (isinstance(item, str) or (isinstance(item, type) and issubclass(item, nn.Module))):
+            raise TypeError(
+                f"{name} takes module name patterns (str, fnmatch syntax) and nn.Module subclasses; "
+                f"got {item!r}"
+            )
+    return items
+
+
+def _selected_modules(
+    model: nn.Module, include: tuple[Selector, ...] | None, exclude: tuple[Selector, ...] | None
+) -> set[int]:
+    """The ids of the modules ``include``/``exclude`` keep. A selector matches a module, and then
+    everything inside it, when a pattern matches the module's dotted name (the model itself: its
+    class name) or a class is the module's (subclasses included)."""
+
+    def matches(selectors: tuple[Selector, ...], names: list[str], modules: list[nn.Module]) -> bool:
+        for selector in selectors:
+            if isinstance(selector, str):
+                if any(fnmatch.fnmatchcase(n, selector) for n in names):
+                    return True
+            elif any(isinstance(m, selector) for m in modules):
+                return True
+        return False
+
+    kept: set[int] = set()
+    root = type(model).__name__
+    chain: dict[str, tuple[list[str], list[nn.Module]]] = {}  # name -> itself and its ancestors
+    for name, module in model.named_modules():
+        parent = chain.get(name.rpartition(".")[0], ([], [])) if name else ([], [])
+        names, modules = [*parent[0], name or root], [*parent[1], module]
+        chain[name] = (names, modules)
+        if include is not None and not matches(include, names, modules):
+            continue
+        if exclude is not None and matches(exclude, names, modules):
+            continue
+        kept.add(id(module))
+    return kept
+
+
+def _setting(group: Mapping[str, Any], key: str) -> float:
+    """An optimizer group's setting as a float (a tensor learning rate too); NaN where absent."""
+    value = group.get(key)
+    if isinstance(value, torch.Tensor):
+        return float(value.item())
+    return float(value) if isinstance(value, int | float) else math.nan
+
+
+def _tensor_norms(tensors: list[torch.Tensor], norm_type: float) -> list[float]:
+    """Each tensor's ``norm_type``-norm, with one copy to the host. The largest entry comes from
+    ``aminmax`` (one pass; on the CPU ``_foreach_norm`` has no fast kernel for ``inf``)."""
+    if not tensors:
+        return []
+    with torch.no_grad():
+        if norm_type != math.inf:
+            return torch.stack(torch._foreach_norm(tensors, norm_type)).tolist()
+        extremes = [
+            torch.stack(torch.aminmax(t)).double() if t.numel() else t.new_zeros(2, dtype=torch.float64)
+            for t in tensors
+        ]
+        by_device: dict[torch.device, list[int]] = {}
+        for k, e in enumerate(extremes):
+            by_device.setdefault(e.device, []).append(k)
+        out = [0.0] * len(tensors)
+        for members in by_device.values():
+            pairs = torch.stack([extremes[k] for k in members])
+            for k, value in zip(members, torch.maximum(-pairs[:, 0], pairs[:, 1]).tolist(), strict=True):
+                out[k] = value
+        return out
+
+
+def _norm_type(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise TypeError(f"norm_type must be a number >= 1 or math.inf, got {value!r}")
+    value = float(value)
+    if not (value >= 1):
+        raise ValueError(
+            f"norm_type must be >= 1 (2.0: the Euclidean norm; math.inf: the largest entry), got {value}"
+        )
+    return value
+
+
 class GradientMonitor:
     """Record gradient health per layer while a model trains.
 
@@ -553,6 +657,33 @@ class GradientMonitor:
     ``ACTIVATION_KINDS`` (``None``: do not watch), on top of the registry that
     ``register_activation`` extends: ``GradientMonitor(model, opt, activations={MyAct: "relu"})``.
     Functional activations (``F.relu`` in a ``forward``) are not modules, so are not watched.
+
+    - **Summary rows** (``table(summaries=True)``, and every ``step_table`` a callback gets): at
+      each sampled step a ``"global"`` row, layer ``"(all)"``, whose ``grad_norm`` is the norm of
+      all the watched parameters' gradients together in ``norm_type`` (2 by default, ``math.inf``
+      the largest entry): what ``torch.nn.utils.clip_grad_norm_(watched, max_norm, norm_type)``
+      returns, a tied (shared) parameter counted once. It is the gradient the step *uses*: after a
+      ``clip_grad_norm_(..., max_norm)`` that clipped, ``max_norm`` (to a part in 10^6), not the
+      norm before clipping that ``clip_grad_norm_`` returned. With an optimizer,
+      one ``"group"`` row per parameter group that holds a watched parameter (layer: the group's
+      ``"name"`` entry if it has one, else ``"group<i>"``), with the group's gradient, weight and
+      update norms and its ``lr`` and ``weight_decay`` as the step used them (read just before
+      ``optimizer.step()``, so after a scheduler's change).
+
+    ``include`` and ``exclude`` choose the modules watched: module name patterns (``fnmatch``, on
+    the dotted names of ``model.named_modules()``; the model itself by its class name) and
+    ``nn.Module`` subclasses, one or a sequence. A module that a selector matches is selected with
+    every module inside it (``exclude="encoder"`` leaves out ``encoder.layers.0.linear1`` too);
+    a module is watched if ``include`` (when given) selects it and ``exclude`` does not. Both
+    parameter rows and activation rows follow the choice, and so do the global and group rows
+    (over the watched parameters only). A choice that leaves nothing raises ``ValueError``.
+
+    ``callbacks``: functions ``fn(monitor, step_table)`` called once after each sampled step has
+    been recorded (``add_callback`` adds one later), in order, with a ``MonitorTable`` of that
+    step's rows only (summary rows included): a logger does work in proportion to one step, never
+    rebuilding the whole table. When a callback runs, ``monitor.steps_taken`` already counts the
+    step. An exception raised by a callback propagates out of ``optimizer.step()`` (or
+    ``monitor.step()``), after the step is recorded.
     """
 
     def __init__(
@@ -563,6 +694,10 @@ class GradientMonitor:
         every: int = 1,
         histograms: bool = False,
         activations: Mapping[type[nn.Module], str | None] | None = None,
+        include: Selector | Sequence[Selector] | None = None,
+        exclude: Selector | Sequence[Selector] | None = None,
+        norm_type: float = 2.0,
+        callbacks: Iterable[StepCallback] = (),
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -586,6 +721,14 @@ class GradientMonitor:
             extra = {_check_activation_class(c): _check_kind(c, k) for c, k in activations.items()}
         self.model = model
         self.optimizer = optimizer
+        self.norm_type = _norm_type(norm_type)
+        self._callbacks: list[StepCallback] = []
+        if callable(callbacks):
+            raise TypeError("callbacks must be a sequence of functions: callbacks=(fn,), not callbacks=fn")
+        for fn in callbacks:
+            self.add_callback(fn)
+        self.include, self.exclude = _selectors("include", include), _selectors("exclude", exclude)
+        kept = _selected_modules(model, self.include, self.exclude)
         self.layers = [
             (name or type(m).__name__, m)
             for name, m in model.named_modules()
@@ -596,17 +739,38 @@ class GradientMonitor:
                 f"{type(model).__name__} has no parameters that require grad; GradientMonitor "
                 "watches the layers that have them (Linear, Conv, LSTM, BatchNorm, ...)"
             )
+        self.layers = [(name, m) for name, m in self.layers if id(m) in kept]
         self.activations: list[tuple[str, nn.Module]] = []
         self._kinds: dict[str, str] = {}
         self._spans: dict[str, tuple[float, float]] = {}
         for name, m in model.named_modules():
             kind = _kind_of(m, extra)
-            if kind is not None:
+            if kind is not None and id(m) in kept:
                 name = name or type(m).__name__
                 self.activations.append((name, m))
                 self._kinds[name], self._spans[name] = kind, _histogram_range(m, kind)
+        if not self.layers and not self.activations:
+            names = [name or type(m).__name__ for name, m in model.named_modules()]
+            shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
+            raise ValueError(
+                f"include={include!r}, exclude={exclude!r} leave no layer with parameters and no "
+                f"activation to watch; the model's modules are: {shown}"
+            )
         self._groups = [[p for p in m.parameters(recurse=False) if p.requires_grad] for _, m in self.layers]
         self._flat = [p for group in self._groups for p in group]
+        # a parameter shared by several modules (tied weights) sits in _flat once per module; the
+        # global and group rows count it once: at its first index
+        first: dict[int, int] = {}
+        for i, p in enumerate(self._flat):
+            first.setdefault(id(p), i)
+        self._unique = sorted(first.values())
+        self._index_of = first
+        self._unique_set = set(self._unique)
+        self._group_count = 0
+        self._group_index: list[int] = []  # the optimizer group of each group row
+        self._group_rows: list[tuple[str, list[int]]] = self._optimizer_groups()
+        self._group_settings: list[tuple[float, float]] = []  # (lr, weight_decay) at the sampled step
+        self._summaries: list[tuple[str, list[int], dict[str, float]]] = []  # global and group rows
         self.histograms_on = histograms
         self._histograms: dict[tuple[str, str], list[tuple[int, np.ndarray]]] = {}
         self._histogram_spans: dict[str, tuple[float, float]] = {}
@@ -631,6 +795,32 @@ class GradientMonitor:
         self._warned = False
         self._open = False
         self._closed = False
+
+    def _optimizer_groups(self) -> list[tuple[str, list[int]]]:
+        """Each optimizer parameter group with a watched parameter: its row name (its ``"name"``
+        where it has one that names no module, else ``group<i>``) and its parameters' indices in
+        ``_flat`` (a tied parameter once)."""
+        if self.optimizer is None:
+            return []
+        taken = {name for name, _ in self.layers} | {name for name, _ in self.activations} | {GLOBAL_ROW}
+        rows, self._group_index = [], []
+        for g, group in enumerate(self.optimizer.param_groups):
+            indices = sorted({self._index_of[id(p)] for p in group["params"] if id(p) in self._index_of})
+            if not indices:
+                continue
+            name = group.get("name")
+            name = name if isinstance(name, str) and name and name not in taken else f"group{g}"
+            taken.add(name)
+            rows.append((name, indices))
+            self._group_index.append(g)
+        self._group_count = len(self.optimizer.param_groups)
+        return rows
+
+    def add_callback(self, fn: StepCallback) -> None:
+        """Call ``fn(monitor, step_table)`` after each sampled step from now on (see ``callbacks``)."""
+        if not callable(fn):
+            raise TypeError(f"a callback must be callable as fn(monitor, step_table); got {fn!r}")
+        self._callbacks.append(fn)
 
     # -- life cycle -------------------------------------------------------------------------
     def __enter__(self) -> GradientMonitor:
@@ -761,10 +951,17 @@ class GradientMonitor:
     def _before_update(self, optimizer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if not self.sampling:
             return None
+        if len(optimizer.param_groups) != self._group_count:  # add_param_group() since
+            self._group_rows = self._optimizer_groups()
+        self._group_settings = [
+            (_setting(optimizer.param_groups[g], "lr"), _setting(optimizer.param_groups[g], "weight_decay"))
+            for g in self._group_index
+        ]
         with torch.no_grad():  # W_before, for the update ratio
             if self._snapshot is None:
                 self._snapshot = [torch.empty_like(p) for p in self._flat]
-            torch._foreach_copy_(self._snapshot, self._flat)
+            if self._flat:
+                torch._foreach_copy_(self._snapshot, self._flat)
         rest = args[1:] if args and args[0] is optimizer else args
         closure = rest[0] if rest else kwargs.get("closure")
         if closure is None:
@@ -796,21 +993,28 @@ class GradientMonitor:
         return observed
 
     def _after_update(self) -> None:
-        if self.sampling and self._snapshot is not None:
+        if self.sampling and self._snapshot is not None and self._flat:
             with torch.no_grad():
                 torch._foreach_sub_(self._snapshot, self._flat)  # before - after
-                moved = iter(torch.stack(torch._foreach_norm(self._snapshot)).tolist())
+                per_tensor = torch.stack(torch._foreach_norm(self._snapshot)).tolist()
+            moved = iter(per_tensor)
             for (name, _), group in zip(self.layers, self._groups, strict=True):
                 update = math.sqrt(sum(next(moved) ** 2 for _ in group))
                 stats = self._pending.get(name)
                 if stats is not None:
                     weight = stats["weight_norm"]
                     stats["update_ratio"] = update / weight if weight > 0 else math.nan
+            for _, indices, values in self._summaries:
+                update = math.sqrt(sum(per_tensor[i] ** 2 for i in indices))
+                weight = values["weight_norm"]
+                values["update_ratio"] = update / weight if weight > 0 else math.nan
             if self.every > 1:  # no copy of the weights lives between sampled steps
                 self._snapshot = None
         self._flush()
 
     def _record_gradients(self, lr: float | None = None) -> None:
+        if not self._flat:  # only activations are watched
+            return
         grads = [p.grad for p in self._flat]
         present = [g for g in grads if g is not None]
         with torch.no_grad():
@@ -818,13 +1022,19 @@ class GradientMonitor:
         weights, fast = iter(norms[: len(grads)]), iter(norms[len(grads) :])
         low, high = _FLOAT32_SAFE
         position = iter(grads)
+        grad_norms: list[float | None] = []  # per entry of _flat: what the global and group rows sum
+        weight_norms = norms[: len(grads)]
         for (name, _), group in zip(self.layers, self._groups, strict=True):
             grad_sq = 0.0
             for _ in group:
                 g = next(position)
                 if g is not None:
                     value = next(fast)  # exact for typical norms; recomputed in float64 where not
-                    grad_sq += (value if low < value < high else exact_norm(g)) ** 2
+                    value = value if low < value < high else exact_norm(g)
+                    grad_sq += value**2
+                    grad_norms.append(value)
+                else:
+                    grad_norms.append(None)
             grad = math.sqrt(grad_sq)
             weight = math.sqrt(sum(next(weights) ** 2 for _ in group))
             stats = self._pending.setdefault(name, {})
@@ -832,6 +1042,37 @@ class GradientMonitor:
             stats["weight_norm"] = weight
             if lr is not None:
                 stats["update_ratio"] = lr * grad / weight if weight > 0 else math.nan
+        # per-tensor norms of norm_type, which torch's get_total_norm combines
+        totals: list[float | None] = grad_norms
+        if self.norm_type != 2.0:
+            unique = [i for i in self._unique if grads[i] is not None]
+            totals = [None] * len(grads)
+            for i, value in zip(
+                unique, _tensor_norms([grads[i] for i in unique], self.norm_type), strict=True
+            ):
+                totals[i] = value
+        self._summaries = []
+        for name, indices in [(GLOBAL_ROW, self._unique), *self._group_rows]:
+            values = {
+                "grad_norm": self._combine([totals[i] for i in indices]),
+                "weight_norm": math.sqrt(sum(weight_norms[i] ** 2 for i in indices)),
+            }
+            if lr is not None:  # the plain SGD update lr * g, in 2-norms like the layer rows
+                grad2 = math.sqrt(sum(grad_norms[i] ** 2 for i in indices if grad_norms[i] is not None))
+                weight = values["weight_norm"]
+                values["update_ratio"] = lr * grad2 / weight if weight > 0 else math.nan
+            self._summaries.append((name, indices, values))
+
+    def _combine(self, norms: list[float | None]) -> float:
+        """The norm of the concatenated tensors from their own norms (``None``: no gradient)."""
+        known = [n for n in norms if n is not None]
+        if not known:  # what clip_grad_norm_ returns when no parameter has a gradient
+            return 0.0
+        if self.norm_type == math.inf:  # NaN wherever a gradient holds one, as in torch
+            return math.nan if any(math.isnan(n) for n in known) else max(known)
+        if self.norm_type == 2.0:
+            return math.sqrt(sum(n * n for n in known))
+        return sum(n**self.norm_type for n in known) ** (1.0 / self.norm_type)
 
     def step(self, lr: float | None = None) -> None:
         """End a training step by hand (when no optimizer was given), after ``backward()``."""
@@ -845,12 +1086,18 @@ class GradientMonitor:
     def _flush(self) -> None:
         """End the step: a sampled one's rows are kept and its state cleared (an unsampled step has
         none: no hook ran)."""
-        if self.sampling:
+        sampled, start = self.sampling, len(self._rows)
+        if sampled:
             step = self.steps_taken
             for name, stats in self._pending.items():
                 self._rows.append((step, name, "parameters", dict(stats)))
             for call, values in self._step.rows():
                 self._rows.append((step, call, "activation", values))
+            for k, (name, _, values) in enumerate(self._summaries):
+                if k and k - 1 < len(self._group_settings):  # a group row: the settings the step used
+                    values["lr"], values["weight_decay"] = self._group_settings[k - 1]
+                self._rows.append((step, name, "global" if k == 0 else "group", values))
+            self._summaries = []
             if self.histograms_on:
                 self._keep_histograms(step, list(self._step.calls.items()))
             if self._order is None and (self._backward_seen or self._forward_seen):
@@ -864,6 +1111,10 @@ class GradientMonitor:
             self._frozen = False
         self.steps_taken += 1
         self._sync_hooks()
+        if sampled and self._callbacks:  # after the state is settled: a callback may raise
+            step_table = self._table_of(self._rows[start:])
+            for fn in list(self._callbacks):
+                fn(self, step_table)
 
     def _keep_histograms(self, step: int, records: list[tuple[str, _CallRecord]]) -> None:
         entries = [
@@ -938,20 +1189,41 @@ class GradientMonitor:
         """The table recorded so far, kept apart from the model (see ``RecordedMonitor``)."""
         return RecordedMonitor(self.table())
 
-    def table(self) -> MonitorTable:
-        """Everything recorded so far, as columns: by step, then in the order of first use."""
+    def table(self, *, summaries: bool = False) -> MonitorTable:
+        """Everything recorded so far, as columns: by step, then in the order of first use.
+
+        ``summaries=True`` adds, at each sampled step, the ``"global"`` row (layer ``"(all)"``: the
+        global gradient norm that ``clip_grad_norm_`` reports) and one ``"group"`` row per
+        optimizer parameter group, and the ``lr`` and ``weight_decay`` columns; without it the
+        table holds the layer and activation rows only (as before these rows existed)."""
         self._warn_if_never_stepped(stacklevel=3)
+        if summaries:
+            return self._table_of(self._rows)
+        rows = [r for r in self._rows if r[2] not in _SUMMARY_KINDS]
+        return self._table_of(rows, LAYER_COLUMNS)
+
+    def _table_of(
+        self, rows: list[tuple[int, str, str, dict[str, float]]], columns: tuple[str, ...] = COLUMNS
+    ) -> MonitorTable:
+        """``rows`` as a table: by step; within a step the layers and activation calls in the order
+        of first use, then the global row, then the group rows in the optimizer's order."""
         order = self._order or {}
         late: dict[str, int] = {}  # layers the order does not know yet: after it, as first seen
-        for _, name, _, _ in self._rows:
-            if name not in order:
+        for _, name, kind, _ in rows:
+            if name not in order and kind not in _SUMMARY_KINDS:
                 late.setdefault(name, len(order) + len(late))
         rank = {"parameters": 0, "activation": 1}
-        rows = sorted(self._rows, key=lambda r: (r[0], order.get(r[1], late.get(r[1], 0)), rank.get(r[2], 2)))
-        columns = {c: np.array([r[3].get(c, np.nan) for r in rows], dtype=np.float64) for c in COLUMNS}
+
+        def key(r: tuple[int, str, str, dict[str, float]]) -> tuple[int, int, int, int]:
+            if r[2] in _SUMMARY_KINDS:  # a stable sort keeps the groups in order
+                return r[0], _SUMMARY_KINDS[r[2]], 0, 0
+            return r[0], 0, order.get(r[1], late.get(r[1], 0)), rank.get(r[2], 2)
+
+        rows = sorted(rows, key=key)
+        values = {c: np.array([r[3].get(c, np.nan) for r in rows], dtype=np.float64) for c in columns}
         return MonitorTable(
             step=np.array([r[0] for r in rows], dtype=np.int64),
             layer=np.array([r[1] for r in rows], dtype=object),
             kind=np.array([r[2] for r in rows], dtype=object),
-            columns=columns,
+            columns=values,
         )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,6 +29,9 @@ from ._tensors import to_numpy
 from ._validation import check_positive_int
 from .activations import get_activation
 from .initialization import hidden_weight_layers, weight_layers
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "SATURATION_THRESHOLD",
@@ -114,6 +118,32 @@ class GradientProfile:
         if last == 0.0:
             return float("nan") if first == 0.0 else float("inf")
         return float(first / last)
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """The profile as a ``pandas.DataFrame``, one row per layer: the hidden layers input side
+        first (``role`` ``"hidden"``), then the head (``role`` ``"head"``, whose
+        ``activation_grad_norm`` is NaN: it is not measured), with columns ``layer``, ``position``
+        (0 for the first hidden layer), ``role``, ``weight_grad_norm`` and
+        ``activation_grad_norm``; the loss is in ``df.attrs["loss"]``. Needs pandas
+        (``pip install "vglib[pandas]"``)."""
+        from .tables import require_pandas
+
+        pd = require_pandas()
+        frame = pd.DataFrame(
+            {
+                "layer": [*self.layer_names, self.head_name],
+                "position": np.arange(self.depth + 1, dtype=np.int64),
+                "role": ["hidden"] * self.depth + ["head"],
+                "weight_grad_norm": np.append(
+                    np.asarray(self.weight_grad_norms, dtype=np.float64), self.head_weight_grad_norm
+                ),
+                "activation_grad_norm": np.append(
+                    np.asarray(self.activation_grad_norms, dtype=np.float64), np.nan
+                ),
+            }
+        )
+        frame.attrs["loss"] = self.loss
+        return frame
 
 
 def _check_tensor(name: str, value: object) -> torch.Tensor:

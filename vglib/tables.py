@@ -2,23 +2,71 @@
 
 from __future__ import annotations
 
+import csv
+import json
+import math
+import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-__all__ = ["COLUMNS", "MonitorTable", "RecordedMonitor"]
+if TYPE_CHECKING:
+    import pandas as pd
 
-COLUMNS = ("grad_norm", "weight_norm", "update_ratio", "mean", "std", "saturated", "dead", "unit_std")
+__all__ = ["COLUMNS", "GLOBAL_ROW", "KINDS", "LAYER_COLUMNS", "MonitorTable", "RecordedMonitor"]
+
+COLUMNS = (
+    "grad_norm", "weight_norm", "update_ratio", "mean", "std", "saturated", "dead", "unit_std",
+    "lr", "weight_decay",
+)  # fmt: skip
 """The value columns of a ``MonitorTable`` (see its docstring for what each holds)."""
+
+LAYER_COLUMNS = COLUMNS[:8]
+"""The columns of the layer and activation rows (``MonitorTable``'s columns before the summary rows)."""
+
+KINDS = ("parameters", "activation", "global", "group")
+"""The kinds of row a ``MonitorTable`` holds (see its docstring)."""
+
+GLOBAL_ROW = "(all)"
+"""The ``layer`` of the ``"global"`` rows: every watched parameter together."""
+
+
+def require_pandas() -> Any:
+    """The ``pandas`` module, or an ``ImportError`` that says how to install it (pandas is an
+    optional dependency of vglib: the ``pandas`` extra)."""
+    try:
+        import pandas
+    except ImportError as error:
+        raise ImportError(
+            'this needs pandas, an optional dependency of vglib: pip install "vglib[pandas]"'
+        ) from error
+    return pandas
+
+
+def _json_number(value: float) -> str:
+    """A float as strict JSON: NaN as ``null``, +-inf as ``+-1e999`` (which JSON parsers, Python's
+    and JavaScript's among them, read as infinity), anything else exactly (``repr``)."""
+    if math.isnan(value):
+        return "null"
+    if math.isinf(value):
+        return "1e999" if value > 0 else "-1e999"
+    return repr(value)
+
+
+def _parse_float(text: str) -> float:
+    return math.nan if text == "" else float(text)
 
 
 @dataclass(frozen=True)
 class MonitorTable:
     """The monitor's records as columns, one row per (sampled step, layer).
 
-    ``kind`` is ``"parameters"`` for a module with trainable parameters of its own and
-    ``"activation"`` for one call of an activation or recurrent module. Columns that do not apply
-    hold NaN:
+    ``kind`` is ``"parameters"`` for a module with trainable parameters of its own,
+    ``"activation"`` for one call of an activation or recurrent module, ``"global"`` for the one row
+    per step (layer ``"(all)"``) over every watched parameter together, and ``"group"`` for one
+    optimizer parameter group (layer: the group's ``"name"`` entry, else ``"group0"``,
+    ``"group1"``, ... by its index in ``optimizer.param_groups``). Columns that do not apply hold NaN:
 
     - ``grad_norm``: ``||dL/dW||`` of the module's parameters (``"parameters"``), or ``||dL/dh||``
       of the call's output (``"activation"``).
@@ -29,6 +77,12 @@ class MonitorTable:
       its maximum; ``dead``: the fraction of units that are exactly 0 for every example of the batch
       (ReLU family). A *unit* is one entry of one example's output: all dimensions but the first,
       which is the batch (a conv unit is a channel at a pixel).
+    - ``"global"`` and ``"group"`` rows: ``grad_norm`` is the norm of all their parameters'
+      gradients together, in the monitor's ``norm_type`` (2 by default): what
+      ``torch.nn.utils.clip_grad_norm_`` returns for them, a parameter shared by several modules
+      (tied weights) counted once; ``weight_norm`` and ``update_ratio`` as for a layer, over the same
+      parameters (2-norms). ``lr`` and ``weight_decay`` (``"group"`` rows): the group's settings as
+      the optimizer used them at that step (NaN where the optimizer has no such setting).
     - ``unit_std``: the median over units of each unit's standard deviation over the batch (the
       lower median for an even count). Near 0 while ``std`` is not, every example gets the same
       output: the forward signal has *collapsed* (a forward problem that looks like vanishing
@@ -82,8 +136,11 @@ class MonitorTable:
         ``kind`` (e.g. the dead fraction averaged over a network's activation layers). A layer
         whose value is NaN (the column does not apply to it) is left out of its step's mean; a step
         with no value at all gives NaN."""
-        if kind not in ("parameters", "activation"):
-            raise ValueError(f"kind must be 'parameters' or 'activation', got {kind!r}")
+        if kind not in KINDS:
+            raise ValueError(
+                "kind must be 'parameters' or 'activation' (or 'global', 'group': the summary rows), "
+                f"got {kind!r}"
+            )
         mask = self.kind == kind
         steps, where = np.unique(self.step[mask], return_inverse=True)
         values = np.asarray(self[column][mask], dtype=np.float64)
@@ -104,6 +161,129 @@ class MonitorTable:
         for s, n, v in zip(self.step[mask], self.layer[mask], self[column][mask], strict=True):
             values[row_of[n], col_of[s]] = v
         return names, steps, values
+
+    def global_grad_norm(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(steps, norms)``: the global gradient norm at each sampled step (what
+        ``clip_grad_norm_`` returns; the ``"global"`` rows). A table from ``monitor.table()`` needs
+        ``summaries=True`` to hold them."""
+        rows = self.kind == "global"
+        if not rows.any():
+            raise ValueError(
+                "this table has no global rows: make it with monitor.table(summaries=True) (a step "
+                "callback's table has them)"
+            )
+        return self.step[rows], self["grad_norm"][rows]
+
+    # -- export ---------------------------------------------------------------------------------
+    def value_columns(self) -> list[str]:
+        """The value columns an export writes: every one of ``COLUMNS`` (NaN where the table has
+        none), then any other column the table holds."""
+        return [*COLUMNS, *(c for c in self.columns if c not in COLUMNS)]
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """One dict per row: ``step`` (int), ``layer``, ``kind`` (str) and every value column
+        (float, NaN where it does not apply)."""
+        names = self.value_columns()
+        values = [self[c].tolist() for c in names]
+        return [
+            {"step": int(step), "layer": str(layer), "kind": str(kind), **dict(zip(names, row, strict=True))}
+            for step, layer, kind, *row in zip(
+                self.step.tolist(), self.layer, self.kind, *values, strict=True
+            )
+        ]
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """The table as a tidy ``pandas.DataFrame``: one row per (step, layer), columns ``step``
+        (int64), ``layer`` and ``kind`` (categories, in the table's order: first use, then
+        ``KINDS``), then every value column (float64, NaN where it does not apply). Needs pandas
+        (``pip install "vglib[pandas]"``)."""
+        pd = require_pandas()
+        layers = list(dict.fromkeys(self.layer.tolist()))
+        kinds = [k for k in KINDS if k in set(self.kind.tolist())]
+        kinds += [k for k in dict.fromkeys(self.kind.tolist()) if k not in kinds]
+        data: dict[str, Any] = {
+            "step": np.asarray(self.step, dtype=np.int64),
+            "layer": pd.Categorical(self.layer.tolist(), categories=layers),
+            "kind": pd.Categorical(self.kind.tolist(), categories=kinds),
+        }
+        for c in self.value_columns():
+            data[c] = np.asarray(self[c], dtype=np.float64)
+        return pd.DataFrame(data)
+
+    def to_csv(self, path: str | os.PathLike[str]) -> None:
+        """Write the table as CSV (no pandas needed): a header ``step,layer,kind,<value columns>``
+        and one line per row, floats written exactly (``repr``: they read back bit for bit), NaN
+        as an empty field, infinities as ``inf`` / ``-inf``. ``pandas.read_csv(path)`` reads it;
+        ``MonitorTable.from_csv`` reads it back."""
+        names = self.value_columns()
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["step", "layer", "kind", *names])
+            for record in self.to_records():
+                writer.writerow(
+                    [record["step"], record["layer"], record["kind"]]
+                    + ["" if math.isnan(record[c]) else repr(record[c]) for c in names]
+                )
+
+    def to_json(self, path: str | os.PathLike[str]) -> None:
+        """Write the table as JSON (no pandas needed): a list of records, one object per row with
+        keys ``step``, ``layer``, ``kind`` and every value column, NaN as ``null`` and infinities as
+        ``1e999`` / ``-1e999`` (strict JSON, which parsers read as infinity), floats exactly.
+        ``pandas.read_json(path, precise_float=True)`` reads it as a frame (exactly: without
+        ``precise_float`` pandas parses floats to about 15 digits); ``MonitorTable.from_json``
+        reads it back."""
+        names = self.value_columns()
+        lines = []
+        for record in self.to_records():
+            fields = [f'"step": {record["step"]}', f'"layer": {json.dumps(record["layer"])}']
+            fields.append(f'"kind": {json.dumps(record["kind"])}')
+            fields += [f"{json.dumps(c)}: {_json_number(record[c])}" for c in names]
+            lines.append("{" + ", ".join(fields) + "}")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("[\n" + ",\n".join(lines) + ("\n]\n" if lines else "]\n"))
+
+    @classmethod
+    def from_records(cls, records: list[dict[str, Any]]) -> MonitorTable:
+        """A table from dicts like ``to_records()`` gives (``None`` reads as NaN)."""
+        names = list(COLUMNS)
+        for record in records:
+            for key in record:
+                if key not in ("step", "layer", "kind") and key not in names:
+                    names.append(key)
+        missing = [k for k in ("step", "layer", "kind") for r in records[:1] if k not in r]
+        if missing:
+            raise ValueError(f"a MonitorTable record needs the keys step, layer, kind; missing {missing}")
+
+        def number(value: Any) -> float:
+            return math.nan if value is None or value == "" else float(value)
+
+        return cls(
+            step=np.array([int(r["step"]) for r in records], dtype=np.int64),
+            layer=np.array([str(r["layer"]) for r in records], dtype=object),
+            kind=np.array([str(r["kind"]) for r in records], dtype=object),
+            columns={c: np.array([number(r.get(c)) for r in records], dtype=np.float64) for c in names},
+        )
+
+    @classmethod
+    def from_csv(cls, path: str | os.PathLike[str]) -> MonitorTable:
+        """Read a table that ``to_csv`` wrote."""
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        return cls.from_records(
+            [
+                {k: (v if k in ("step", "layer", "kind") else _parse_float(v)) for k, v in r.items()}
+                for r in rows
+            ]
+        )
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike[str]) -> MonitorTable:
+        """Read a table that ``to_json`` wrote."""
+        with open(path, encoding="utf-8") as f:
+            records = json.load(f)
+        if not isinstance(records, list):
+            raise ValueError(f"{path}: expected a JSON list of records (what MonitorTable.to_json writes)")
+        return cls.from_records(records)
 
 
 @dataclass(frozen=True)
