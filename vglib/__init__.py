@@ -157,7 +157,7 @@ from .trainability import (
 )
 from .widgets import GradientExplorer, curve_explorer, gradient_explorer
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # pyproject.toml's (tests/test_package.py checks)
 
 __all__ = [
     "ACTIVATIONS",

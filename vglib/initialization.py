@@ -1,15 +1,16 @@
-"""Named weight-initialisation schemes, applied to the Linear and Conv layers of any module.
+"""Named weight-initialisation schemes, applied to the Linear and Conv layers of any module::
 
-| scheme       | weights                                   | Var(W_ij)             | biases        |
-|--------------|-------------------------------------------|-----------------------|---------------|
-| ``default``  | PyTorch's own ``reset_parameters``:       | 1 / (3 fan_in)        | U(+-1/sqrt(fan_in)) |
-|              | U(+-1/sqrt(fan_in)) (kaiming_uniform, a=sqrt 5) |                 |               |
-| ``small``    | N(0, 0.01^2)                              | 1e-4                  | 0             |
-| ``xavier``   | U(+-sqrt(6/(fan_in+fan_out))), Glorot & Bengio's "normalised" init | 2/(fan_in+fan_out) | 0 |
-| ``he``       | N(0, 2/fan_in), He et al. (2015)          | 2 / fan_in            | 0             |
-| ``orthogonal`` | a random orthogonal matrix, gain 1 (Saxe et al. 2013) | 1 / max(fan_in, fan_out) | 0 |
-| ``orthogonal_relu`` | the same with ReLU's gain sqrt 2 | 2 / max(fan_in, fan_out) | 0 |
-| ``lecun``    | N(0, 1/fan_in) (LeCun et al. 1998)        | 1 / fan_in            | 0             |
+    | scheme       | weights                                   | Var(W_ij)             | biases        |
+    |--------------|-------------------------------------------|-----------------------|---------------|
+    | ``default``  | PyTorch's own ``reset_parameters``:       | 1 / (3 fan_in)        | U(+-1/sqrt(fan_in)) |
+    |              | U(+-1/sqrt(fan_in)) (kaiming_uniform, a=sqrt 5) |                 |               |
+    | ``small``    | N(0, 0.01^2)                              | 1e-4                  | 0             |
+    | ``xavier``   | U(+-sqrt(6/(fan_in+fan_out))),            | 2/(fan_in+fan_out)    | 0             |
+    |              | Glorot & Bengio's "normalised" init       |                       |               |
+    | ``he``       | N(0, 2/fan_in), He et al. (2015)          | 2 / fan_in            | 0             |
+    | ``orthogonal`` | a random orthogonal matrix, gain 1 (Saxe et al. 2013) | 1 / max(fan_in, fan_out) | 0 |
+    | ``orthogonal_relu`` | the same with ReLU's gain sqrt 2 | 2 / max(fan_in, fan_out) | 0 |
+    | ``lecun``    | N(0, 1/fan_in) (LeCun et al. 1998)        | 1 / fan_in            | 0             |
 
 The schemes do not depend on the activation: ``he`` is the ReLU gain whatever the network uses,
 which is exactly what lets the book show a scheme meeting the wrong activation.

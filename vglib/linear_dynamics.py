@@ -218,7 +218,10 @@ def saxe_loss_time(
     float
         The time, in units of ``tau``.
     """
-    from scipy.integrate import solve_ivp
+    try:
+        from scipy.integrate import solve_ivp
+    except ImportError as error:
+        raise ImportError('saxe_loss_time needs SciPy: pip install "vglib[scipy]"') from error
 
     s = np.asarray(singular_values, dtype=np.float64)
     if s.ndim != 1 or len(s) == 0 or not u0 > 0 or not np.all(s > u0):

@@ -150,8 +150,11 @@ def log_length_variance(depth: int, width: int) -> float:
     ``ln 2 + digamma(K/2)`` and variance ``trigamma(K/2)``. The layers' factors are independent, so
     the variance is ``depth * (Var[digamma(K/2)] + E[trigamma(K/2)])`` (``K = 0``, probability
     ``2^-n``, is left out); for a wide layer it approaches the first-order ``5 depth / width``."""
-    from scipy.special import polygamma
-    from scipy.stats import binom
+    try:
+        from scipy.special import polygamma
+        from scipy.stats import binom
+    except ImportError as error:
+        raise ImportError('log_length_variance needs SciPy: pip install "vglib[scipy]"') from error
 
     check_positive_int("depth", depth)
     check_positive_int("width", width, minimum=2)

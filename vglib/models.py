@@ -158,7 +158,7 @@ def build_rnn(
     out_features: int = 1,
 ) -> ElmanRNN:
     """An ``ElmanRNN`` with its recurrent matrix ``W_hh`` drawn by ``recurrent_init`` and, if
-    ``spectral_radius`` is given, rescaled so that its largest |eigenvalue| is exactly that.
+    ``spectral_radius`` is given, rescaled so that its largest ``|eigenvalue|`` is exactly that.
 
     ``recurrent_init`` is one of ``INITS`` or ``"identity"`` (with ``relu``: the IRNN of Le et al.
     2015). Input and head layers use PyTorch's default init. Per-layer seeds as in ``build_mlp``.

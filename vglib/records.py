@@ -37,7 +37,7 @@ A recorded value is exactly what the computation returns, through a JSON encodin
 NumPy arrays, tuples, dicts with non-string keys and vglib's result types (``TrainingHistory``,
 ``MonitorTable``, ``HarnessResult``, ``HarnessRuns``, ``Remedy``, ``SeedSpread``); a live value goes
 through the same encoding, so a chapter sees the same types either way. A training history's
-monitor comes back as a :class:`RecordedMonitor` that holds its table.
+monitor comes back as a :class:`~vglib.tables.RecordedMonitor` that holds its table.
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ def bptt_weight_gradient_by_lag(
     ``recurrent`` names the ``nn.Linear`` submodule that computes ``W_hh h_{t-1}`` once per time
     step (``vglib.ElmanRNN.recurrent``); ``dL/dW_hh`` is the sum, over its calls, of the outer
     product of the gradient arriving at its output with its input. The loss is the mean squared
-    error of the model's output against ``y`` (as in :func:`vglib.bptt_gradient_norms`). The
+    error of the model's output against ``y`` (as in :func:`~vglib.probes.bptt_gradient_norms`). The
     computation runs on a copy of the model in ``dtype`` (float64 by default, so that
     contributions many orders of magnitude below the largest are not rounding noise); the model,
     its weights and its ``.grad`` are left as they were.
@@ -181,7 +181,7 @@ def state_gradient_by_lag(
 
     ``s`` is the hidden state ``h`` (``state="hidden"``) or, for an LSTM, its cell state ``c``
     (``state="cell"``). The gradient is the total one, through every later step, as in
-    :func:`vglib.bptt_gradient_norms`; the loss is the mean squared error against ``y``. Works for
+    :func:`~vglib.probes.bptt_gradient_norms`; the loss is the mean squared error against ``y``. Works for
     ``vglib.ElmanRNN`` and for ``vglib.build_recurrent``'s GRU and LSTM (run one step at a time so
     that every state is a tensor). With ``relative=True`` every entry is divided by the last
     step's. The computation runs on a copy in ``dtype`` (float64 by default, so that gradients
@@ -225,7 +225,7 @@ def train_with_lag_probes(
     state: str = "hidden",
     **train_kwargs,
 ) -> tuple[TrainingHistory, dict[int, np.ndarray]]:
-    """:func:`vglib.train`, measuring :func:`state_gradient_by_lag` (relative, float64) on the
+    """:func:`~vglib.train.train`, measuring :func:`state_gradient_by_lag` (relative, float64) on the
     batch ``(probe_x, probe_y)`` before training (step 0, if listed) and after each update listed
     in ``probe_steps``. The probes read a float64 copy, so the training run is the same as
     without them. Returns the history and ``{step: relative gradient by lag}``."""

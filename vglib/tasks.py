@@ -132,9 +132,9 @@ def harness_task(name: str = "teacher") -> Task:
 def _digits() -> tuple[torch.Tensor, torch.Tensor]:
     try:
         from sklearn.datasets import load_digits
-    except ImportError as error:  # pragma: no cover - the project installs it
+    except ImportError as error:
         raise ImportError(
-            "the digits task needs scikit-learn, which ships the data set: pip install scikit-learn"
+            'the digits task needs scikit-learn, which ships the data set: pip install "vglib[tasks]"'
         ) from error
     data = load_digits()
     return torch.tensor(data.data, dtype=torch.float32), torch.tensor(data.target, dtype=torch.int64)
@@ -151,7 +151,10 @@ def _linear_baseline(name: str, split: str) -> float:
 
         coef, *_ = np.linalg.lstsq(design(x), to_numpy(y.double()), rcond=None)
         return float(np.mean((design(x_eval) @ coef - to_numpy(y_eval.double())) ** 2))
-    from sklearn.linear_model import LogisticRegression
+    try:
+        from sklearn.linear_model import LogisticRegression
+    except ImportError as error:
+        raise ImportError('the linear baseline needs scikit-learn: pip install "vglib[tasks]"') from error
 
     model = LogisticRegression(max_iter=5000).fit(to_numpy(x), to_numpy(y))
     return float(model.score(to_numpy(x_eval), to_numpy(y_eval)))
@@ -159,7 +162,10 @@ def _linear_baseline(name: str, split: str) -> float:
 
 @cache
 def _quadratic_baseline(name: str, split: str) -> float:
-    from sklearn.preprocessing import PolynomialFeatures
+    try:
+        from sklearn.preprocessing import PolynomialFeatures
+    except ImportError as error:
+        raise ImportError('the quadratic baseline needs scikit-learn: pip install "vglib[tasks]"') from error
 
     task = harness_task(name)
     (x, y), (x_eval, y_eval) = task.train, getattr(task, split)

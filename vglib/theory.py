@@ -259,7 +259,7 @@ def rnn_vanishing_radius(activation: str) -> float:
     """``1 / sup|phi'|``: 1 for tanh, 4 for sigmoid. If the *largest singular value* ``||W_hh||_2``
     is below it, gradients through time are guaranteed to vanish exponentially, at least as
     ``(sup|phi'| ||W_hh||_2)^k`` over ``k`` steps (Pascanu, Mikolov & Bengio 2013). The spectral
-    radius (largest |eigenvalue|) is never larger than ``||W_hh||_2`` and can be much smaller for a
+    radius (largest ``|eigenvalue|``) is never larger than ``||W_hh||_2`` and can be much smaller for a
     non-normal matrix, so a spectral radius below this value guarantees nothing by itself; for a
     scaled orthogonal ``W_hh`` (``build_rnn``'s default) the two are equal."""
     return 1.0 / get_activation(activation).derivative_bound
@@ -445,7 +445,10 @@ def lyapunov_exponents(n: int, variance: float = 1.0) -> np.ndarray:
     """Lyapunov exponents of a product of ``n x n`` Gaussian matrices with entries ``N(0, variance / n)``,
     largest first: ``lambda_i = (psi((n - i + 1) / 2) + ln(2 variance / n)) / 2`` (Newman 1986), so
     the ``i``-th singular value of an ``L``-fold product grows like ``exp(lambda_i L)`` for ``L >> n``."""
-    from scipy.special import digamma
+    try:
+        from scipy.special import digamma
+    except ImportError as error:
+        raise ImportError('lyapunov_exponents needs SciPy: pip install "vglib[scipy]"') from error
 
     n = check_positive_int("n", n)
     if not variance > 0:
@@ -481,7 +484,10 @@ def saxe_learning_time(s: float, u0: float, uf: float, depth: int = 2, tau: floa
         return tau * math.log((s - u0) / (s - uf))
     if depth == 2:
         return tau / (2.0 * s) * math.log(uf * (s - u0) / (u0 * (s - uf)))
-    from scipy.integrate import quad
+    try:
+        from scipy.integrate import quad
+    except ImportError as error:
+        raise ImportError('saxe_learning_time at depth 3+ needs SciPy: pip install "vglib[scipy]"') from error
 
     # substitute u = exp(x): du / (u^(2-2/N) (s-u)) = exp(x (2/N - 1)) / (s - exp(x)) dx
     value, _ = quad(
@@ -510,7 +516,10 @@ def saxe_mode_strength(
     if depth == 2:
         e = np.exp(np.minimum(2.0 * s * t / tau, 700.0))
         return s * e / (e - 1.0 + s / u0)
-    from scipy.integrate import solve_ivp
+    try:
+        from scipy.integrate import solve_ivp
+    except ImportError as error:
+        raise ImportError('saxe_mode_strength at depth 3+ needs SciPy: pip install "vglib[scipy]"') from error
 
     order = np.argsort(t.ravel())
     flow = solve_ivp(

@@ -311,7 +311,7 @@ def results_file(path: str | Path | None = None) -> Path:
 
 def load_trainability(path: str | Path | None = None) -> tuple[dict, list[TrainabilityCell]]:
     """``(meta, cells)`` of a results file written by ``benchmarks/trainable_depth.py --write``, by
-    default the committed one of the book (see :func:`results_file`)."""
+    default the committed one of the book (see ``results_file``)."""
     path = results_file(path)
     saved = json.loads(path.read_text())
     return saved["meta"], trainability_from_json(saved["cells"])

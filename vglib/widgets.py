@@ -98,7 +98,7 @@ class GradientExplorer:
 
     def widget(self, depth: int = 30, activation: str = "sigmoid", init: str = "xavier") -> Any:
         """An ipywidgets UI: sliders and menus that redraw the figure on every change."""
-        import ipywidgets as w
+        w = _ipywidgets("GradientExplorer.widget")
 
         controls = {
             "depth": w.IntSlider(
@@ -206,6 +206,7 @@ def gradient_explorer(
     Live (ipywidgets) in Jupyter; with ``static=True`` it also carries the kernel-free version that
     the built HTML page shows (precomputing it takes a few seconds).
     """
+    _ipywidgets("gradient_explorer")  # before the explorer's precomputation
     explorer = _explorer(width, max_depth, seed)
     with torch.random.fork_rng(devices=[]):
         widget = explorer.widget(depth, activation, init)
@@ -227,7 +228,7 @@ def curve_explorer(
     Live in Jupyter (ipywidgets controls redraw a ``CurveFigure``); on the built page the
     kernel-free twin, with ``frame`` evaluated for every combination of control values.
     """
-    import ipywidgets as w
+    w = _ipywidgets("curve_explorer")
 
     figure = CurveFigure(series, xlabel=xlabel, ylabel=ylabel)
 
@@ -265,3 +266,15 @@ def _png(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     PIL.Image.fromarray(pixels[..., :3]).save(buffer, format="png", compress_level=1)
     return buffer.getvalue()
+
+
+def _ipywidgets(what: str) -> Any:
+    """The ``ipywidgets`` module, or an ``ImportError`` saying how to install it (an optional
+    dependency of vglib: the ``widgets`` extra)."""
+    try:
+        import ipywidgets
+    except ImportError as error:
+        raise ImportError(
+            f'{what} needs ipywidgets, an optional dependency of vglib: pip install "vglib[widgets]"'
+        ) from error
+    return ipywidgets
