@@ -44,6 +44,7 @@ from ._batch import Inputs
 from ._validation import check_positive_int
 from .diagnosis import Diagnosis, diagnose
 from .monitor import GradientMonitor
+from .tables import QUANTITIES as TABLE_QUANTITIES
 from .tables import MonitorTable
 
 __all__ = [
@@ -55,26 +56,8 @@ __all__ = [
     "logged_metrics",
 ]
 
-# (row kind, table column) -> the quantity's name in the logged keys
-_QUANTITY_OF = {
-    ("parameters", "grad_norm"): "grad_norm",
-    ("parameters", "update_ratio"): "update_ratio",
-    ("activation", "grad_norm"): "activation_grad_norm",
-    ("activation", "saturated"): "saturated",
-    ("activation", "dead"): "dead",
-    ("global", "grad_norm"): "global_grad_norm",
-    ("parameters", "weight_norm"): "weight_norm",
-    ("activation", "mean"): "activation_mean",
-    ("activation", "std"): "activation_std",
-    ("activation", "unit_std"): "unit_std",
-    ("global", "weight_norm"): "global_weight_norm",
-    ("global", "update_ratio"): "global_update_ratio",
-    ("group", "grad_norm"): "group_grad_norm",
-    ("group", "weight_norm"): "group_weight_norm",
-    ("group", "update_ratio"): "group_update_ratio",
-    ("group", "lr"): "lr",
-    ("group", "weight_decay"): "weight_decay",
-}
+# (row kind, table column) -> the quantity's name, the names vglib.tensorboard writes too
+_QUANTITY_OF = {(q.kind, q.column): name for name, q in TABLE_QUANTITIES.items()}
 
 QUANTITIES = ("grad_norm", "update_ratio", "activation_grad_norm", "saturated", "dead", "global_grad_norm")
 """What ``GradientMonitorCallback`` logs by default, each under ``{prefix}/{quantity}/{layer}``:
@@ -90,7 +73,7 @@ QUANTITIES = ("grad_norm", "update_ratio", "activation_grad_norm", "saturated", 
 
 A value that is NaN (a column that does not apply to a row) is not logged."""
 
-ALL_QUANTITIES = tuple(_QUANTITY_OF.values())
+ALL_QUANTITIES = tuple(TABLE_QUANTITIES)
 """Every quantity ``quantities=`` may name: ``QUANTITIES``, then ``weight_norm`` (``||W||`` before
 the step), ``activation_mean``, ``activation_std``, ``unit_std`` (of each activation call's
 output), ``global_weight_norm`` and ``global_update_ratio`` (one key each), and per optimizer

@@ -14,7 +14,16 @@ import numpy as np
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["COLUMNS", "GLOBAL_ROW", "KINDS", "LAYER_COLUMNS", "MonitorTable", "RecordedMonitor"]
+__all__ = [
+    "COLUMNS",
+    "GLOBAL_ROW",
+    "KINDS",
+    "LAYER_COLUMNS",
+    "QUANTITIES",
+    "MonitorTable",
+    "Quantity",
+    "RecordedMonitor",
+]
 
 COLUMNS = (
     "grad_norm", "weight_norm", "update_ratio", "mean", "std", "saturated", "dead", "unit_std",
@@ -295,3 +304,40 @@ class RecordedMonitor:
 
     def table(self) -> MonitorTable:
         return self.recorded_table
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """One chart: ``column`` of the table's rows of ``kind``, described by ``title``."""
+
+    kind: str
+    column: str
+    title: str
+
+
+QUANTITIES: dict[str, Quantity] = {
+    "grad_norm": Quantity("parameters", "grad_norm", "||dL/dW|| of each layer's parameters"),
+    "update_ratio": Quantity("parameters", "update_ratio", "||W_after - W_before|| / ||W_before||"),
+    "activation_grad_norm": Quantity("activation", "grad_norm", "||dL/dh|| at each activation call"),
+    "saturated": Quantity("activation", "saturated", "fraction of saturated units (sigmoid, tanh)"),
+    "dead": Quantity("activation", "dead", "fraction of dead units (ReLU family)"),
+    "global_grad_norm": Quantity(
+        "global", "grad_norm", "||dL/dθ|| over all watched parameters (what clip_grad_norm_ returns)"
+    ),
+    "weight_norm": Quantity("parameters", "weight_norm", "||W|| before the step"),
+    "activation_mean": Quantity("activation", "mean", "mean of each activation call's output"),
+    "activation_std": Quantity("activation", "std", "standard deviation of each activation call's output"),
+    "unit_std": Quantity("activation", "unit_std", "median over units of the std over the batch"),
+    "global_weight_norm": Quantity("global", "weight_norm", "||θ|| over all watched parameters"),
+    "global_update_ratio": Quantity("global", "update_ratio", "||θ_after - θ_before|| / ||θ_before||"),
+    "group_grad_norm": Quantity("group", "grad_norm", "||dL/dθ|| of each optimizer parameter group"),
+    "group_weight_norm": Quantity("group", "weight_norm", "||θ|| of each optimizer parameter group"),
+    "group_update_ratio": Quantity("group", "update_ratio", "update ratio of each parameter group"),
+    "lr": Quantity("group", "lr", "learning rate of each parameter group at the step"),
+    "weight_decay": Quantity("group", "weight_decay", "weight decay of each parameter group at the step"),
+}
+"""The quantities the integrations write or log (``vglib.tensorboard``, ``vglib.lightning``, under
+the same names): name -> which rows (``kind``) and which table column
+(``MonitorTable`` says what each holds). A ``"global"`` quantity is one line, tagged
+``<prefix>/<name>``; the others have a line per layer, activation call or optimizer parameter
+group, tagged ``<prefix>/<name>/<layer>``."""

@@ -107,28 +107,25 @@ def test_explorer_fragment_rejects_bad_numbers_and_names():
         explorer_fragment({1: {"": 1}})
 
 
-def test_page_script_reads_and_writes_the_address():
-    page = curve_explorer_html(
+def small_page() -> str:
+    """A one-control explorer page: what the script tests below read."""
+    return curve_explorer_html(
         [Control("n", (1, 2), 1)],
         lambda n: (str(n), [np.ones(2)]),
         [Series("c", "#000")],
         xlabel="x",
         ylabel="y",
     )
-    script = re.search(r"<script>(.*?)</script>", page, re.S)[1]
+
+
+def test_page_script_reads_and_writes_the_address():
+    script = re.search(r"<script>(.*?)</script>", small_page(), re.S)[1]
     assert "history.replaceState" in script and '"hashchange"' in script and "explorer-" in script
     assert "pushState" not in script and "location.hash =" not in script  # no history entries, no jumps
 
 
 def test_page_carries_the_script_without_comment_lines_or_indentation():
-    page = curve_explorer_html(
-        [Control("n", (1, 2), 1)],
-        lambda n: (str(n), [np.ones(2)]),
-        [Series("c", "#000")],
-        xlabel="x",
-        ylabel="y",
-    )
-    inlined = re.search(r"<script>(.*?)</script>", page, re.S)[1]
+    inlined = re.search(r"<script>(.*?)</script>", small_page(), re.S)[1]
     source = (Path(vglib.__file__).parent / "assets" / "curve_explorer.js").read_text(encoding="utf-8")
     code = [
         line.strip() for line in source.splitlines() if line.strip() and not line.strip().startswith("//")
