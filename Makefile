@@ -62,8 +62,8 @@ book: $(STAMP) $(SITE_ASSETS)
 	@echo "The book is built: open file://$(CURDIR)/_build/html/index.html"
 
 lint: $(STAMP)
-	$(BIN)/ruff check vglib tests benchmarks tools
-	$(BIN)/ruff format --check vglib tests benchmarks tools
+	$(BIN)/ruff check vglib tests benchmarks tools _ext
+	$(BIN)/ruff format --check vglib tests benchmarks tools _ext
 
 # The site `make test` checks is built from the committed outputs (no execution): the nbval passes
 # below prove those outputs are what the chapters compute. `make book` executes every chapter.

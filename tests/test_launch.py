@@ -158,6 +158,9 @@ def test_the_extensions_are_jupyter_books_without_thebe_and_ours():
         "sphinxcontrib.bibtex",
         "sphinx_jupyterbook_latex",
         "sphinx_multitoc_numbering",
+        "sphinx.ext.autodoc",
+        "sphinx.ext.napoleon",
+        "vg_attribute_docs",
     ]
     assert extensions == defaults + ours
     assert re.search(r"^\s+thebe:\s*false", text, flags=re.M)

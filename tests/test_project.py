@@ -177,6 +177,22 @@ def test_theme_macro_override_differs_from_the_theme_only_by_fontawesome_js():
     assert ours_without_note == original_without_fontawesome
 
 
+def test_layout_override_is_the_themes_head_without_its_search_scripts():
+    """_templates/layout.html keeps pydata-sphinx-theme's extrahead block less its three search scripts."""
+    import pydata_sphinx_theme
+
+    theme = Path(pydata_sphinx_theme.__file__).parent / "theme" / "pydata_sphinx_theme"
+    block = re.compile(r"\{%- block extrahead %\}\n(.*?)\{%- endblock extrahead %\}", re.S)
+    original = block.search((theme / "layout.html").read_text()).group(1)
+    ours = block.search((ROOT / "_templates" / "layout.html").read_text()).group(1)
+    search_scripts = re.compile(r"  \{% if pagename == 'search' %\}.*?\{% endif %\}\n", re.S)
+    assert "searchindex.js" in original and "searchindex.js" not in ours
+    assert ours == search_scripts.sub("", original)
+    options = (theme / "theme.conf").read_text()
+    assert re.search(r"^search_as_you_type = False$", options, flags=re.M)  # nothing else used them
+    assert "search_as_you_type" not in (ROOT / "_config.yml").read_text()
+
+
 # --- nbval compares what the page shows, and nothing is hidden from it (issue 10) -------------------
 
 NBVAL_UNCOMPARED_MIME = {"image/png", "image/jpeg", "application/vnd.jupyter.widget-view+json"}

@@ -44,7 +44,7 @@ def content_pages() -> list[str]:
 
 def newest_source_mtime() -> float:
     sources = [ROOT / "_config.yml", ROOT / "_toc.yml", ROOT / "references.bib"]
-    for folder in ("chapters", "vglib"):
+    for folder in ("chapters", "vglib", "api", "_ext", "_templates"):
         sources += [p for p in (ROOT / folder).rglob("*") if p.is_file() and "__pycache__" not in p.parts]
     sources += list(ROOT.glob("*.md"))
     return max(p.stat().st_mtime for p in sources)
@@ -178,5 +178,27 @@ def test_explorer_redraws_without_a_kernel(site_url, browser):
         explorer.locator("[data-control=init]").select_option("he")
         explorer.screenshot(path=str(ARTIFACTS / "explorer-after.png"))
         assert visit.errors == [] and visit.external == []
+    finally:
+        visit.close()
+
+
+def test_search_works_and_only_the_search_page_loads_the_index(site_url, browser):
+    """The theme's search scripts are loaded by the search page alone (_templates/layout.html), and
+    the search box of a chapter page still finds the book's words and its API names."""
+    visit = Visit(browser, site_url + "chapters/causes/why_gradients_vanish.html")
+    try:
+        page = visit.page
+        loaded = page.evaluate("performance.getEntriesByType('resource').map(e => e.name)")
+        assert not [name for name in loaded if "searchindex.js" in name or "searchtools.js" in name]
+        page.keyboard.press("Control+k")  # the theme's shortcut opens its search dialog
+        box = page.locator("#pst-search-dialog input[name=q]")
+        box.fill("GradientMonitor")
+        box.press("Enter")
+        page.wait_for_url("**/search.html?q=GradientMonitor*")
+        results = page.locator("#search-results ul.search li")
+        results.first.wait_for(timeout=15_000)
+        links = [results.nth(i).locator("a").first.get_attribute("href") for i in range(results.count())]
+        assert any(link.startswith("api/") for link in links), links
+        assert visit.external == [] and visit.errors == []
     finally:
         visit.close()
