@@ -377,7 +377,8 @@ def run_harness(
         )
     # keep the monitor's table, not the monitor: it holds the model and its hooks, which are heavy
     # to send back from a worker process (and a recording keeps only the table anyway)
-    history = replace(history, monitor=history.monitor.recorded())  # type: ignore[union-attr]
+    # the layer rows only: what the chapters read, and what their recorded runs hold
+    history = replace(history, monitor=history.monitor.recorded(summaries=False))  # type: ignore[union-attr]
     table = history.monitor.table()
     ratio = _ratio_at(table, hidden, int(table.step.min()))
     final = float(history.eval_loss[-1])

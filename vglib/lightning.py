@@ -199,11 +199,11 @@ class GradientMonitorCallback(pl.Callback):
       forward pass.
     - **Gradient accumulation** (``accumulate_grad_batches=k``): one recorded step per optimizer
       step (``trainer.global_step`` counts those); parameter rows use the accumulated ``.grad``,
-      activation rows only the last micro-batch (the one inside the closure: the monitor takes the
-      closure's forward pass as the step's).
-    - **Manual optimization**: steps are recorded at ``opt.step()``, parameter rows as usual; the
-      forward and backward passes ran before ``step()``, outside the closure Lightning passes, so
-      there are no activation rows.
+      activation rows pool every micro-batch of the step (the last one runs inside the closure,
+      which adds to the gradients the others left; see ``GradientMonitor``).
+    - **Manual optimization**: steps are recorded at ``opt.step()``, parameter rows as usual, and
+      activation rows from the passes made before it (the closure Lightning hands the optimizer
+      runs no pass of its own).
     - **Several optimizers** (manual optimization): the monitor follows the optimizer that
       ``optimizer=`` picks, over the modules ``include``/``exclude`` leave; to watch each, make one
       callback per optimizer with its modules and its own ``prefix``, and ``warn=False`` on all but

@@ -444,6 +444,36 @@ class _StepRecorder:
                 counts if record.grad_histogram is None else record.grad_histogram + counts
             )
 
+    def absorb(self, earlier: _StepRecorder) -> None:
+        """Take in ``earlier``'s passes (micro-batches recorded before these), as if this recorder
+        had seen them all: a call recorded by both becomes one record over every pass."""
+        same: dict[int, _CallRecord] = {}  # id(earlier's record) -> the record it joins
+        calls: dict[str, _CallRecord] = {}
+        for call, record in earlier.calls.items():
+            target = self.calls.get(call)
+            if target is None:
+                calls[call] = record
+                continue
+            calls[call] = same[id(record)] = target
+            target.passes += record.passes
+            for name in ("grad_sq", "histogram", "grad_histogram"):
+                mine, theirs = getattr(target, name), getattr(record, name)
+                if theirs is not None:
+                    setattr(target, name, theirs if mine is None else mine + theirs)
+        calls.update((call, record) for call, record in self.calls.items() if call not in calls)
+        self.calls = calls
+
+        def joined(record: _CallRecord) -> _CallRecord:
+            return same.get(id(record), record)
+
+        for chunk in earlier.chunks:
+            chunk.owners = [joined(owner) for owner in chunk.owners]
+        self.chunks = earlier.chunks + self.chunks
+        for mine, theirs in ((self.staged, earlier.staged), (self.staged_grads, earlier.staged_grads)):
+            for key, entries in theirs.items():
+                mine[key] = [(joined(record), values) for record, values in entries] + mine.get(key, [])
+        self.staged_entries += earlier.staged_entries
+
     def rows(self) -> list[tuple[str, dict[str, float]]]:
         """Every call's row values, with one transfer to the host per device."""
         chunks = list(self.chunks)
@@ -623,7 +653,11 @@ class GradientMonitor:
       closure's *first* evaluation, at the weights the step starts from, like any other
       optimizer's; LBFGS re-evaluates the closure at trial points and leaves in ``.grad`` the
       gradient of its last evaluation, which is not what is recorded. The update ratio is the
-      whole step's ``||W_after - W_before|| / ||W_before||``.
+      whole step's ``||W_after - W_before|| / ||W_before||``. The activation rows of a closure's
+      step are its first evaluation's, and also the passes made before ``step()`` when its
+      gradient still holds theirs: the closure adds to gradients it did not reset (Lightning runs
+      the last micro-batch of an accumulation that way) or runs no backward pass (Lightning's
+      manual optimization); after a closure that resets the gradients (``zero_grad()``), not.
     - **Activation rows**, one per *call* of an activation module: a module called several times
       per forward pass (torchvision's ``BasicBlock.relu``, one ``self.act`` shared by every layer)
       gives rows ``"act"``, ``"act#2"``, ``"act#3"``, ... numbered in call order within each
@@ -973,8 +1007,13 @@ class GradientMonitor:
         return args, {**kwargs, "closure": observed}
 
     def _observe(self, closure: Callable[[], Any]) -> Callable[[], Any]:
-        """``closure``, recording the gradients its first evaluation leaves (and only that
-        evaluation's activations): the gradient at the weights the step starts from."""
+        """``closure``, recording the gradients its first evaluation leaves: the gradient at the
+        weights the step starts from. The activations are that evaluation's, together with those
+        of the passes made before ``step()`` when the step's gradient still holds theirs: when the
+        closure adds its backward pass to gradients it did not reset (the last micro-batch of an
+        accumulation, as Lightning runs it), or runs no backward pass at all (Lightning's manual
+        optimization hands ``step()`` a closure that does nothing). A closure that resets the
+        gradients first (``zero_grad()``, as LBFGS needs) makes the earlier passes irrelevant."""
         first = True
 
         def observed() -> Any:
@@ -982,10 +1021,31 @@ class GradientMonitor:
             if not first:
                 return closure()
             first = False
-            # passes made before step() are not what the step uses
-            self._step = _StepRecorder(self.histograms_on, self._scratch)
+            earlier, self._step = self._step, _StepRecorder(self.histograms_on, self._scratch)
             self._call_counts.clear()
-            loss = closure()
+            before = {i: (p.grad, p.grad._version) for i, p in enumerate(self._flat) if p.grad is not None}
+            kept: dict[int, bool] = {}  # per parameter reached: did its gradient survive until then?
+
+            def check(i: int) -> Callable[[torch.Tensor], None]:
+                def hook(_: torch.Tensor) -> None:  # runs before the new gradient is added
+                    grad, version = before[i]
+                    now = self._flat[i].grad
+                    kept.setdefault(i, now is grad and now is not None and now._version == version)
+
+                return hook
+
+            handles = [self._flat[i].register_hook(check(i)) for i in before]
+            try:
+                loss = closure()
+            finally:
+                for handle in handles:
+                    handle.remove()
+            if kept:
+                accumulated = all(kept.values())
+            else:  # no backward pass reached a parameter: the step uses the gradients it found
+                accumulated = bool(before) and all(self._flat[i].grad is g for i, (g, _) in before.items())
+            if accumulated:
+                self._step.absorb(earlier)
             self._record_gradients()
             self._frozen = True
             return loss
@@ -1185,9 +1245,27 @@ class GradientMonitor:
         counts = np.stack([c for _, c in records])
         return steps, np.linspace(low, high, HISTOGRAM_BINS + 1), counts
 
-    def recorded(self) -> RecordedMonitor:
-        """The table recorded so far, kept apart from the model (see ``RecordedMonitor``)."""
-        return RecordedMonitor(self.table())
+    def step_histogram(self, layer: str, step: int, of: str = "activation") -> tuple[np.ndarray, np.ndarray]:
+        """``(bin_edges, counts)`` of one call's histogram at one sampled ``step`` (``histogram``
+        returns every step: use this one in a step callback, whose cost must not grow with the
+        run; the latest step is found first). ``KeyError`` if that call has no such histogram at
+        that step (no gradient reached it, say)."""
+        if not self.histograms_on:
+            raise RuntimeError("histograms were not recorded: make the monitor with histograms=True")
+        if of not in ("activation", "gradient"):
+            raise ValueError(f"unknown histogram {of!r}; valid choices are 'activation', 'gradient'")
+        for recorded_step, counts in reversed(self._histograms.get((layer, of), [])):
+            if recorded_step == step:
+                low, high = GRADIENT_LOG_RANGE if of == "gradient" else self._histogram_spans[layer]
+                return np.linspace(low, high, HISTOGRAM_BINS + 1), np.asarray(counts)
+            if recorded_step < step:
+                break
+        raise KeyError(f"no {of} histogram for {layer!r} at step {step}")
+
+    def recorded(self, *, summaries: bool = True) -> RecordedMonitor:
+        """The table recorded so far, kept apart from the model (see ``RecordedMonitor``), with the
+        summary rows unless ``summaries=False`` (the layer and activation rows alone, smaller)."""
+        return RecordedMonitor(self.table(summaries=summaries))
 
     def table(self, *, summaries: bool = False) -> MonitorTable:
         """Everything recorded so far, as columns: by step, then in the order of first use.

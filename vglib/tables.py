@@ -121,6 +121,15 @@ class MonitorTable:
             raise KeyError(f"unknown column {column!r}; columns are step, layer, kind, {', '.join(COLUMNS)}")
         return self.columns[column]
 
+    def without_summaries(self) -> MonitorTable:
+        """The layer and activation rows alone, with ``LAYER_COLUMNS``: what
+        ``GradientMonitor.table()`` gives without ``summaries=True``."""
+        keep = np.isin(self.kind, ("parameters", "activation"))
+        columns = {c: self.columns[c][keep] for c in LAYER_COLUMNS if c in self.columns}
+        return MonitorTable(
+            step=self.step[keep], layer=self.layer[keep], kind=self.kind[keep], columns=columns
+        )
+
     def series(self, layer: str, column: str) -> np.ndarray:
         """``column`` of one layer (or activation module) at every sampled step, in step order: the
         same as ``table[column][table.layer == layer]``, with a ``KeyError`` that lists the layers
@@ -298,12 +307,15 @@ class MonitorTable:
 @dataclass(frozen=True)
 class RecordedMonitor:
     """What is kept of a ``GradientMonitor`` once training is over: its table, without the model
-    and the hooks (light to send between processes and to record)."""
+    and the hooks (light to send between processes and to record). ``table()`` and
+    ``table(summaries=True)`` read as the monitor's own do (a recording made without the summary
+    rows has none to add)."""
 
     recorded_table: MonitorTable
 
-    def table(self) -> MonitorTable:
-        return self.recorded_table
+    def table(self, *, summaries: bool = False) -> MonitorTable:
+        """The recorded table; the ``"global"`` and ``"group"`` rows only with ``summaries=True``."""
+        return self.recorded_table if summaries else self.recorded_table.without_summaries()
 
 
 @dataclass(frozen=True)

@@ -380,19 +380,14 @@ class TensorBoardLogger:
         return out
 
     def _counts_at(self, monitor: Any, layer: str, of: str, step: int) -> np.ndarray | None:
-        """The counts of one histogram at ``step``. The monitor's ``histogram()`` returns every
-        step recorded so far (a cost that grows with the run), so after the first call, which
-        gives the bin edges, the step's counts are read off the monitor's own record of them."""
-        records = getattr(monitor, "_histograms", {}).get((layer, of))
-        if (layer, of) in self._edges and records and records[-1][0] == step:
-            return np.asarray(records[-1][1])
+        """The counts of one histogram at ``step`` (``GradientMonitor.step_histogram``: a cost that
+        does not grow with the run), the bin edges kept from the first."""
         try:
-            steps, edges, counts = monitor.histogram(layer, of=of)
+            edges, counts = monitor.step_histogram(layer, step, of=of)
         except KeyError:  # no histogram of this call (no gradient reached it, say)
             return None
-        self._edges[layer, of] = edges
-        found = np.flatnonzero(steps == step)
-        return counts[found[-1]] if len(found) else None
+        self._edges.setdefault((layer, of), edges)
+        return counts
 
 
 def write_table(

@@ -2,6 +2,7 @@
 logger is the monitor's table, no hook outlives the fit, and the vanishing warning comes once for a
 deep sigmoid network and never for a healthy one."""
 
+import copy
 import csv
 import math
 import subprocess
@@ -235,22 +236,48 @@ def test_batches_it_cannot_split_need_diagnose_with():
     )  # the first batch, scored by the module's loss_fn, at the initial weights
 
 
+def hidden_means(net, batches):
+    """The mean of the first Tanh's outputs over the examples of ``batches`` (no monitor involved)."""
+    with torch.no_grad():
+        return float(torch.cat([net[:2](x) for x, _ in batches]).double().mean())
+
+
 def test_gradient_accumulation_and_manual_optimization():
     """accumulate_grad_batches=2: one recorded step per optimizer step, the step trainer.global_step
-    counts. Manual optimization: steps recorded at opt.step(), parameter rows only."""
+    counts, and each step's activation rows pool both micro-batches (Lightning runs the second
+    inside the closure it hands step()). Manual optimization: steps recorded at opt.step(), with
+    the activation rows of the pass before it."""
+    data = loader(batches=6)
+    batches = list(data)
+    net = small_net()
     callback = GradientMonitorCallback(every=1, warn=False)
-    trainer = fit(Regressor(small_net()), callback, steps=3, accumulate_grad_batches=2)
+    steps = []  # the weights each step starts from, to compute its activations independently
+    module = Regressor(net)
+    module.on_before_optimizer_step = lambda optimizer: steps.append(copy.deepcopy(net))
+    trainer = fit(module, callback, steps=3, data=data, accumulate_grad_batches=2)
     table = callback.monitor.table()
     assert trainer.global_step == 3 == callback.monitor.steps_taken
     assert sorted(set(table.step.tolist())) == [0, 1, 2]
     assert set(table.kind) == {"parameters", "activation"}
+    first_act = (table.layer == "net.act1") & (table.kind == "activation")
+    expected = [hidden_means(steps[k], batches[2 * k : 2 * k + 2]) for k in range(3)]
+    assert table["mean"][first_act] == pytest.approx(expected, rel=1e-5)
+    one_batch = [hidden_means(steps[k], batches[2 * k + 1 : 2 * k + 2]) for k in range(3)]
+    assert table["mean"][first_act] != pytest.approx(one_batch, rel=1e-3)  # not the last micro-batch alone
 
+    net = small_net()
     callback = GradientMonitorCallback(every=1, warn=False)
-    trainer = fit(Regressor(small_net(), manual=True), callback, steps=3)
+    module = Regressor(net, manual=True)
+    starts = []
+    module.on_train_batch_start = lambda batch, batch_idx: starts.append(copy.deepcopy(net))
+    trainer = fit(module, callback, steps=3, data=data)
     table = callback.monitor.table()
     assert trainer.global_step == 3 == callback.monitor.steps_taken
-    assert set(table.kind) == {"parameters"}
-    assert np.all(table["grad_norm"] > 0)
+    assert set(table.kind) == {"parameters", "activation"}
+    assert np.all(table["grad_norm"][table.kind == "parameters"] > 0)
+    first_act = (table.layer == "net.act1") & (table.kind == "activation")
+    expected = [hidden_means(starts[k], batches[k : k + 1]) for k in range(3)]
+    assert table["mean"][first_act] == pytest.approx(expected, rel=1e-5)
 
 
 def test_bad_arguments_name_the_valid_choices():

@@ -207,3 +207,161 @@ def test_every_hook_goes_when_the_monitor_closes_even_mid_step(stop_at):
             optimizer.step()
     assert not hooks_left(model, optimizer)
     assert all(p.requires_grad for p in model.parameters())
+
+
+class _Accumulation:
+    """A tanh network, three micro-batches, and the truth computed without any monitor: each
+    micro-batch's hidden outputs (the activation rows' subject) and the accumulated gradient."""
+
+    def __init__(self):
+        torch.manual_seed(3)
+        self.net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+        self.x, self.y = torch.randn(30, 4), torch.randn(30, 1)
+        self.parts = [slice(0, 10), slice(10, 20), slice(20, 30)]
+        with torch.no_grad():
+            self.hidden = [torch.tanh(self.net[0](self.x[p])).double() for p in self.parts]
+        probe = copy.deepcopy(self.net)
+        for p in self.parts:
+            F.mse_loss(probe(self.x[p]), self.y[p]).backward()
+        self.grad_norm = group_norm([q.grad for q in probe[0].parameters()])
+        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=0.01)
+
+    def backward(self, part):
+        F.mse_loss(self.net(self.x[part]), self.y[part]).backward()
+
+    def rows(self, monitor):
+        table = monitor.table()
+        act = (table.layer == "1") & (table.kind == "activation")
+        layer = (table.layer == "0") & (table.kind == "parameters")
+        return table["mean"][act], table["std"][act], table["grad_norm"][layer]
+
+
+def test_accumulation_whose_last_micro_batch_runs_in_a_closure_pools_every_micro_batch():
+    """Lightning's automatic optimization runs the last micro-batch of an accumulation inside the
+    closure it hands step(), without zero_grad: the activation rows must pool all micro-batches,
+    as they do when every micro-batch runs before a plain step() (an in-place clip after the
+    closure's backward, as Lightning's gradient_clip_val does, changes nothing)."""
+    for clip in (False, True):
+        run = _Accumulation()
+
+        def closure(run=run, clip=clip):
+            run.backward(run.parts[2])
+            if clip:
+                torch.nn.utils.clip_grad_norm_(run.net.parameters(), 1e9)  # in place, a no-op clip
+            return torch.tensor(0.0)
+
+        with vglib.GradientMonitor(run.net, run.optimizer) as monitor:
+            run.optimizer.zero_grad()
+            run.backward(run.parts[0])
+            run.backward(run.parts[1])
+            run.optimizer.step(closure)
+        mean, std, grad = run.rows(monitor)
+        every = torch.cat(run.hidden)
+        assert mean == pytest.approx([every.mean().item()], rel=1e-6)
+        assert std == pytest.approx([every.std(unbiased=False).item()], rel=1e-6)
+        assert grad == pytest.approx([run.grad_norm], rel=1e-6)
+
+
+def test_a_closure_that_resets_the_gradients_records_its_own_pass_only():
+    """zero_grad() inside the closure (set to None, or zeroed in place) discards the passes made
+    before step(): the step's gradient is the closure's alone, and so are the activation rows."""
+    for set_to_none in (True, False):
+        run = _Accumulation()
+
+        def closure(run=run, set_to_none=set_to_none):
+            run.optimizer.zero_grad(set_to_none=set_to_none)
+            run.backward(run.parts[2])
+            return torch.tensor(0.0)
+
+        with vglib.GradientMonitor(run.net, run.optimizer) as monitor:
+            run.optimizer.zero_grad()
+            run.backward(run.parts[0])
+            run.backward(run.parts[1])
+            run.optimizer.step(closure)
+        mean, _, _ = run.rows(monitor)
+        assert mean == pytest.approx([run.hidden[2].mean().item()], rel=1e-6), set_to_none
+
+
+def test_a_closure_without_a_backward_pass_keeps_the_passes_before_step():
+    """Lightning's manual optimization: the user's backward passes come before opt.step(), which
+    hands the optimizer a closure that computes nothing. The step uses those passes' gradients,
+    so the activation rows are theirs; without any pass before, there are none."""
+    run = _Accumulation()
+    with vglib.GradientMonitor(run.net, run.optimizer) as monitor:
+        run.optimizer.zero_grad()
+        for part in run.parts:
+            run.backward(part)
+        run.optimizer.step(lambda: None)
+    mean, _, grad = run.rows(monitor)
+    assert mean == pytest.approx([torch.cat(run.hidden).mean().item()], rel=1e-6)
+    assert grad == pytest.approx([run.grad_norm], rel=1e-6)
+
+    run = _Accumulation()
+    with vglib.GradientMonitor(run.net, run.optimizer) as monitor:
+        with torch.no_grad():
+            run.net(run.x)  # an evaluation pass: not training, not recorded
+        run.optimizer.step(lambda: None)
+    table = monitor.table()
+    assert set(table.kind) <= {"parameters"}
+
+
+def test_closure_accumulation_gives_the_table_and_histograms_of_plain_accumulation():
+    """Every row and histogram of a step whose last micro-batch runs in the closure equals those of
+    the same step with every micro-batch before a plain step() (the documented pooling)."""
+
+    def monitored(last_in_closure):
+        run = _Accumulation()
+        monitor = vglib.GradientMonitor(run.net, run.optimizer, histograms=True)
+        with monitor:
+            for _ in range(2):
+                run.optimizer.zero_grad()
+                run.backward(run.parts[0])
+                run.backward(run.parts[1])
+                if last_in_closure:
+                    run.optimizer.step(lambda: run.backward(run.parts[2]))
+                else:
+                    run.backward(run.parts[2])
+                    run.optimizer.step()
+        return monitor
+
+    plain, closure = monitored(False), monitored(True)
+    a, b = plain.table(summaries=True), closure.table(summaries=True)
+    assert list(a.layer) == list(b.layer) and list(a.kind) == list(b.kind)
+    for column in ("grad_norm", "weight_norm", "update_ratio", "mean", "std", "unit_std", "saturated"):
+        np.testing.assert_allclose(b[column], a[column], rtol=1e-6, err_msg=column)
+    for of in ("activation", "gradient"):
+        np.testing.assert_array_equal(closure.histogram("1", of)[2], plain.histogram("1", of)[2])
+
+
+def test_step_histogram_is_one_step_of_histogram_and_recorded_keeps_the_summary_rows():
+    run = _Accumulation()
+    monitor = vglib.GradientMonitor(run.net, run.optimizer, every=2, histograms=True)
+    with monitor:
+        for _ in range(5):
+            run.optimizer.zero_grad()
+            run.backward(run.parts[0])
+            run.optimizer.step()
+    for of in ("activation", "gradient"):
+        steps, edges, counts = monitor.histogram("1", of=of)
+        assert list(steps) == [0, 2, 4]
+        for k, step in enumerate(steps):
+            step_edges, step_counts = monitor.step_histogram("1", int(step), of=of)
+            np.testing.assert_array_equal(step_edges, edges)
+            np.testing.assert_array_equal(step_counts, counts[k])
+    with pytest.raises(KeyError, match="at step 1"):
+        monitor.step_histogram("1", 1)  # not a sampled step
+    with pytest.raises(KeyError):
+        monitor.step_histogram("0", 0)  # a Linear: no activation histogram
+    with pytest.raises(ValueError, match="'activation', 'gradient'"):
+        monitor.step_histogram("1", 0, of="weights")
+
+    recorded = monitor.recorded()
+    assert len(monitor.recorded(summaries=False).table(summaries=True)) == len(monitor.table())
+    full, layers = monitor.table(summaries=True), monitor.table()
+    assert list(recorded.table(summaries=True).kind) == list(full.kind)
+    assert "global" in set(full.kind)
+    assert list(recorded.table().layer) == list(layers.layer)
+    assert list(recorded.table().kind) == list(layers.kind)
+    assert sorted(recorded.table().columns) == sorted(layers.columns)
+    for column in layers.columns:
+        np.testing.assert_array_equal(recorded.table()[column], layers[column])
