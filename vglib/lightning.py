@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ from torch import nn
 
 try:
     import lightning.pytorch as pl
+    from lightning.pytorch.loggers import TensorBoardLogger
     from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 except ImportError as error:  # pragma: no cover - exercised only where Lightning is absent
     raise ModuleNotFoundError(
@@ -68,8 +70,11 @@ QUANTITIES = ("grad_norm", "update_ratio", "activation_grad_norm", "saturated", 
   ``act#2``, ... for a module called several times);
 - ``saturated`` (sigmoid, tanh) and ``dead`` (ReLU family): fractions, for the activation calls
   where the test applies;
-- ``global_grad_norm``: over every watched parameter, in the monitor's ``norm_type``, what
-  ``clip_grad_norm_`` returns: one key, ``{prefix}/global_grad_norm``.
+- ``global_grad_norm``: the norm of every watched parameter's gradient together, in the
+  monitor's ``norm_type``, as the optimizer step used it, so after Lightning's gradient clipping:
+  one key, ``{prefix}/global_grad_norm``. Where the trainer clips (``gradient_clip_val``), the
+  norm before clipping (what ``clip_grad_norm_`` returns) is logged too, as
+  ``{prefix}/global_grad_norm_before_clipping``.
 
 A value that is NaN (a column that does not apply to a row) is not logged."""
 
@@ -192,7 +197,14 @@ class GradientMonitorCallback(pl.Callback):
     - **What is logged**: at each sampled step, ``logged_metrics`` of that step's rows, through
       ``logger.log_metrics(metrics, step=trainer.global_step)`` for every logger of the trainer
       (the step the optimizer was taking); ``Trainer(log_every_n_steps=...)`` does not apply, and
-      nothing is logged where the trainer has no logger.
+      nothing is logged where the trainer has no logger. A Lightning ``TensorBoardLogger`` is
+      written through ``vglib.tensorboard.TensorBoardLogger`` on its ``SummaryWriter`` instead:
+      the same keys and values, the step's values as one event (``log_metrics`` makes one per
+      key) and a Custom Scalars layout with one chart per quantity, a line per layer (a NaN after
+      a series began is written there, and skipped by ``log_metrics``).
+    - **Keys**: a module called several times per pass has keys ``.../act``, ``.../act#2``, ...;
+      MLflow's logger deletes ``#`` from keys, so ``act#2`` would share ``act2``'s key if the model
+      also has a module named ``act2``.
     - **Automatic optimization** (Lightning calls ``optimizer.step(closure)``, the forward and
       backward pass inside the closure): parameter rows hold the gradient the step uses, after
       Lightning's gradient clipping (which runs inside the closure); activation rows the closure's
@@ -263,6 +275,8 @@ class GradientMonitorCallback(pl.Callback):
         self._trainer: pl.Trainer | None = None
         self._attached = False
         self._sampled_at_diagnosis = 0
+        self._before_clipping: float | None = None
+        self._writers: dict[int, Any] = {}  # id(Lightning TensorBoardLogger) -> vglib's writer, or None
 
     # -- life cycle ------------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -278,6 +292,8 @@ class GradientMonitorCallback(pl.Callback):
         self._trainer = trainer
         self._attached = False
         self._sampled_at_diagnosis = 0
+        self._before_clipping = None
+        self._writers = {}
         # attached at the first training batch, after the first diagnosis (whose pass it must not see)
 
     def on_train_batch_start(
@@ -291,6 +307,19 @@ class GradientMonitorCallback(pl.Callback):
         if not self._attached:
             monitor.attach()
             self._attached = True
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        """Lightning calls this after the backward pass and before it clips the gradients: where it
+        will clip, the global norm before clipping is read here (on sampled steps only)."""
+        self._before_clipping = None
+        monitor = self.monitor
+        if monitor is None or not self._attached or not monitor.sampling or not _clips(trainer, pl_module):
+            return
+        followed = trainer.optimizers[self.optimizer_index]
+        if optimizer is followed or getattr(optimizer, "optimizer", None) is followed:
+            self._before_clipping = monitor.current_global_grad_norm()
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._close(failed=False)
@@ -314,12 +343,43 @@ class GradientMonitorCallback(pl.Callback):
         """After each sampled step (from inside ``optimizer.step``: ``trainer.global_step`` is the
         step being taken)."""
         trainer = self._trainer
+        before, self._before_clipping = self._before_clipping, None
         if not self.log or trainer is None or not trainer.loggers:
             return
-        metrics = logged_metrics(step_table, self.quantities, self.prefix)
-        if metrics:
-            for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=trainer.global_step)
+        step = trainer.global_step
+        extra = {}
+        if before is not None and "global_grad_norm" in self.quantities:
+            extra[f"{self.prefix}/global_grad_norm_before_clipping"] = before
+        metrics: dict[str, float] | None = None
+        for logger in trainer.loggers:
+            writer = self._tensorboard_writer(logger)
+            if writer is not None:  # one event per step and a chart per quantity (vglib.tensorboard)
+                writer(self.monitor, replace(step_table, step=np.full(len(step_table), step, dtype=np.int64)))
+                for key, value in extra.items():
+                    writer.writer.add_scalar(key, value, step)
+                continue
+            if metrics is None:
+                metrics = {**logged_metrics(step_table, self.quantities, self.prefix), **extra}
+            if metrics:
+                logger.log_metrics(metrics, step=step)
+
+    def _tensorboard_writer(self, logger: Any) -> Any:
+        """vglib's TensorBoard writer on a Lightning ``TensorBoardLogger``'s ``SummaryWriter``, or
+        ``None`` for any other logger (or where that writer cannot be used: a non-zero rank's
+        stand-in, tensorboardX without tensorboard), which gets ``log_metrics``."""
+        key = id(logger)
+        if key not in self._writers:
+            writer = None
+            if isinstance(logger, TensorBoardLogger):
+                from .tensorboard import TensorBoardLogger as VglibWriter
+
+                try:
+                    order = [q for q in ALL_QUANTITIES if q in self.quantities]
+                    writer = VglibWriter(logger.experiment, prefix=self.prefix, quantities=order)
+                except (ImportError, TypeError):
+                    writer = None
+            self._writers[key] = writer
+        return self._writers[key]
 
     # -- diagnosis ---------------------------------------------------------------------------------
     def _diagnosis_due(self, monitor: GradientMonitor) -> bool:
@@ -358,3 +418,9 @@ class GradientMonitorCallback(pl.Callback):
                 f"({verdict.reason}){flagged}{advice}. callback.diagnoses holds the full diagnosis."
             )
             rank_zero_warn(message, category=GradientWarning)
+
+
+def _clips(trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+    """Whether Lightning clips this step's gradients (automatic optimization, gradient_clip_val)."""
+    value = trainer.gradient_clip_val
+    return bool(pl_module.automatic_optimization) and value is not None and float(value) > 0

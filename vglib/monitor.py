@@ -1245,6 +1245,17 @@ class GradientMonitor:
         counts = np.stack([c for _, c in records])
         return steps, np.linspace(low, high, HISTOGRAM_BINS + 1), counts
 
+    def current_global_grad_norm(self) -> float:
+        """The global norm of the watched parameters' gradients as they are now (``.grad``), in the
+        monitor's ``norm_type``, a tied parameter counted once: what ``clip_grad_norm_`` over them
+        would return if called now. Call it between ``backward()`` and clipping to have the norm
+        before clipping (the ``"global"`` row holds the norm of the gradient the step uses, after
+        any clipping). 0.0 where no watched parameter has a gradient."""
+        grads = [self._flat[i].grad for i in self._unique if self._flat[i].grad is not None]
+        if not grads:
+            return 0.0
+        return float(torch.nn.utils.get_total_norm(grads, self.norm_type))
+
     def step_histogram(self, layer: str, step: int, of: str = "activation") -> tuple[np.ndarray, np.ndarray]:
         """``(bin_edges, counts)`` of one call's histogram at one sampled ``step`` (``histogram``
         returns every step: use this one in a step callback, whose cost must not grow with the

@@ -247,9 +247,11 @@ class MonitorTable:
         """Write the table as JSON (no pandas needed): a list of records, one object per row with
         keys ``step``, ``layer``, ``kind`` and every value column, NaN as ``null`` and infinities as
         ``1e999`` / ``-1e999`` (strict JSON, which parsers read as infinity), floats exactly.
-        ``pandas.read_json(path, precise_float=True)`` reads it as a frame (exactly: without
-        ``precise_float`` pandas parses floats to about 15 digits); ``MonitorTable.from_json``
-        reads it back."""
+        ``MonitorTable.from_json(path)`` reads it back exactly (``.to_dataframe()`` then gives the
+        frame). ``pandas.read_json`` reads a finite table too (``precise_float=True`` for every
+        digit), but not every table: pandas 3.1 rejects ``1e999`` (an infinity, which an exploding
+        run writes) and subnormal numbers with ``precise_float=True``, and without it reads
+        subnormals as 0."""
         names = self.value_columns()
         lines = []
         for record in self.to_records():
@@ -334,7 +336,7 @@ QUANTITIES: dict[str, Quantity] = {
     "saturated": Quantity("activation", "saturated", "fraction of saturated units (sigmoid, tanh)"),
     "dead": Quantity("activation", "dead", "fraction of dead units (ReLU family)"),
     "global_grad_norm": Quantity(
-        "global", "grad_norm", "||dL/dθ|| over all watched parameters (what clip_grad_norm_ returns)"
+        "global", "grad_norm", "||dL/dθ|| over all watched parameters, as the step used it (clipped)"
     ),
     "weight_norm": Quantity("parameters", "weight_norm", "||W|| before the step"),
     "activation_mean": Quantity("activation", "mean", "mean of each activation call's output"),

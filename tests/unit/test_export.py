@@ -217,3 +217,18 @@ def test_the_readme_export_example_runs_and_its_comments_hold(tmp_path, monkeypa
     assert np.all(norms <= 1 + 1e-6) and np.isclose(norms, 1.0, rtol=1e-5).any()  # clipped to max_norm=1
     assert table.layers("group") == ["decay", "group1"]
     assert_same(vglib.MonitorTable.from_csv(tmp_path / "gradients.csv"), table)
+
+
+def test_the_documented_pandas_routes_for_json(tmp_path):
+    """to_json's docstring: from_json(...).to_dataframe() reads any table exactly; pandas.read_json
+    with precise_float=True rejects an infinity (1e999) and reads subnormals as 0 without it. If
+    pandas ever reads them, the docstring's caveat is out of date: this test then fails."""
+    table = odd_table()
+    table.columns["std"] = np.array([5e-324, 1.0])  # a subnormal
+    table.to_json(tmp_path / "t.json")
+    frame = vglib.MonitorTable.from_json(tmp_path / "t.json").to_dataframe()
+    np.testing.assert_array_equal(frame["grad_norm"].to_numpy(), [np.inf, -np.inf])
+    assert frame["std"].tolist() == [5e-324, 1.0]
+    with pytest.raises(ValueError):
+        pd.read_json(tmp_path / "t.json", precise_float=True)
+    assert pd.read_json(tmp_path / "t.json")["std"].tolist() == [0.0, 1.0]

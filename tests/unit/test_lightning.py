@@ -280,6 +280,83 @@ def test_gradient_accumulation_and_manual_optimization():
     assert table["mean"][first_act] == pytest.approx(expected, rel=1e-5)
 
 
+class ClipWatcher(Regressor):
+    """Reads the global gradient norm where Lightning's hook runs, before Lightning clips."""
+
+    def __init__(self, net):
+        super().__init__(net)
+        self.norms = []
+
+    def on_before_optimizer_step(self, optimizer):
+        self.norms.append(float(torch.nn.utils.get_total_norm([p.grad for p in self.parameters()])))
+
+
+def test_under_gradient_clipping_the_norm_before_clipping_is_logged_too(tmp_path):
+    """global_grad_norm is the gradient the step used (clipped to gradient_clip_val); the norm
+    before clipping, what clip_grad_norm_ returns, is its own key (it was missing: a flat line)."""
+    module = ClipWatcher(small_net())
+    callback = GradientMonitorCallback(every=2, warn=False)
+    trainer = fit(module, callback, steps=6, logger=CSVLogger(tmp_path), gradient_clip_val=0.05)
+    logged = {int(r["step"]): r for r in csv_rows(trainer) if r.get("vglib/global_grad_norm")}
+    assert sorted(logged) == [0, 2, 4]
+    for step, row in logged.items():
+        before = float(row["vglib/global_grad_norm_before_clipping"])
+        assert before == pytest.approx(module.norms[step], rel=1e-5)
+        assert before > 0.05  # the clip acted, so the two keys differ
+        assert float(row["vglib/global_grad_norm"]) == pytest.approx(0.05, rel=1e-4)
+
+    module = ClipWatcher(small_net())  # without clipping there is nothing to tell apart: one key
+    callback = GradientMonitorCallback(every=2, warn=False)
+    trainer = fit(module, callback, steps=2, logger=CSVLogger(tmp_path / "plain"))
+    assert not any("before_clipping" in key for row in csv_rows(trainer) for key in row)
+
+
+def test_a_tensorboard_logger_gets_one_chart_per_quantity(tmp_path):
+    """With Lightning's TensorBoardLogger the callback writes through vglib.tensorboard: the same
+    keys and values (float32) as logged_metrics gives, at trainer.global_step, and a Custom Scalars
+    layout with one chart per quantity (not one chart per key)."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing import event_accumulator
+
+    callback = GradientMonitorCallback(every=2, warn=False)
+    logger = TensorBoardLogger(tmp_path, name="run", version=0, default_hp_metric=False)
+    trainer = fit(Regressor(small_net()), callback, steps=5, logger=logger, gradient_clip_val=1e-3)
+    logger.experiment.flush()
+    accumulator = event_accumulator.EventAccumulator(
+        logger.log_dir, size_guidance={kind: 0 for kind in event_accumulator.DEFAULT_SIZE_GUIDANCE}
+    )
+    accumulator.Reload()
+    written = {
+        tag: [(e.step, e.value) for e in accumulator.Scalars(tag)]
+        for tag in accumulator.Tags()["scalars"]
+        if tag.startswith("vglib/")
+    }
+    table = callback.monitor.table(summaries=True)
+    expected: dict[str, list] = {}
+    for step in (0, 2, 4):
+        rows = table.step == step
+        step_table = vglib.MonitorTable(
+            step=table.step[rows], layer=table.layer[rows], kind=table.kind[rows],
+            columns={c: v[rows] for c, v in table.columns.items()},
+        )  # fmt: skip
+        for key, value in logged_metrics(step_table).items():
+            expected.setdefault(key, []).append((step, float(np.float32(value))))
+    assert trainer.global_step == 5
+    before = written.pop("vglib/global_grad_norm_before_clipping")
+    assert [s for s, _ in before] == [0, 2, 4] and all(v > 1e-3 for _, v in before)
+    assert written == expected
+    charts = accumulator.Tensors("custom_scalars__config__")
+    assert len(charts) == 1
+    from tensorboard.plugins.custom_scalar import layout_pb2
+    from tensorboard.util import tensor_util
+
+    layout = layout_pb2.Layout.FromString(tensor_util.make_ndarray(charts[0].tensor_proto).item())
+    charted = [chart.title.split(":")[0] for category in layout.category for chart in category.chart]
+    logged = {key.split("/")[1] for key in expected}  # a tanh network: every quantity but "dead"
+    assert sorted(charted) == sorted(logged) == sorted(set(QUANTITIES) - {"dead"})
+    assert len(charted) < len(expected)  # a chart per quantity, not per key
+
+
 def test_bad_arguments_name_the_valid_choices():
     with pytest.raises(ValueError, match="every"):
         GradientMonitorCallback(every=0)
