@@ -9,7 +9,18 @@ from ._glue import glue, rounded
 from ._seed import SeedSpread, over_seeds, seed_everything, seed_offset, shifted_seed, torch_seed
 from .activations import ACTIVATIONS, Activation, activation_derivative, get_activation
 from .compare import Grid, RemedyTable, TunedRuns, compare_tuned, run_tuned, run_tuned_many
-from .data import ADDING_BASELINE_MSE, adding_problem, probe_batch, teacher_student
+from .data import (
+    ADDING_BASELINE_MSE,
+    RECALL_KEYS,
+    RECALL_PAIRS,
+    RECALL_VALUES,
+    adding_problem,
+    associative_recall,
+    probe_batch,
+    recall_bag_accuracy,
+    recall_dims,
+    teacher_student,
+)
 from .diagnosis import Diagnosis, Finding, diagnose, loss_stalled, verdict_matrix
 from .ensemble import EnsembleRun, train_ensemble
 from .flow import GradientFlow, TimeFlow, gradient_flow
@@ -155,6 +166,20 @@ from .trainability import (
     success_table,
     trainable_depths,
 )
+from .transformers import (
+    NORM_PLACEMENTS,
+    READOUTS,
+    RESIDUAL_SCALINGS,
+    SelfAttention,
+    Transformer,
+    TransformerBlock,
+    build_transformer,
+    deepnorm_alpha,
+    deepnorm_beta,
+    layerscale_default,
+    tfixup_block_scale,
+    tfixup_embedding_scale,
+)
 from .widgets import GradientExplorer, curve_explorer, gradient_explorer
 
 __version__ = "0.2.0"  # pyproject.toml's (tests/test_package.py checks)
@@ -169,7 +194,13 @@ __all__ = [
     "INITS",
     "LINEAR_INITS",
     "NORMS",
+    "NORM_PLACEMENTS",
+    "READOUTS",
+    "RECALL_KEYS",
+    "RECALL_PAIRS",
+    "RECALL_VALUES",
     "RECURRENT_KINDS",
+    "RESIDUAL_SCALINGS",
     "SKIPS",
     "STATES",
     "TASKS",
@@ -207,6 +238,7 @@ __all__ = [
     "RemedyTable",
     "ResidualBlock",
     "SeedSpread",
+    "SelfAttention",
     "Series",
     "StepCallback",
     "StreamProfile",
@@ -214,9 +246,12 @@ __all__ = [
     "TimeFlow",
     "TrainabilityCell",
     "TrainingHistory",
+    "Transformer",
+    "TransformerBlock",
     "TunedRuns",
     "activation_derivative",
     "adding_problem",
+    "associative_recall",
     "best_learning_rates",
     "block_outputs",
     "boundary_depth",
@@ -228,6 +263,7 @@ __all__ = [
     "build_network",
     "build_recurrent",
     "build_rnn",
+    "build_transformer",
     "centre_sigmoid_biases",
     "chain_rule_bound",
     "chi",
@@ -241,6 +277,8 @@ __all__ = [
     "correlation_propagation",
     "critical_sigma_w2",
     "curve_explorer",
+    "deepnorm_alpha",
+    "deepnorm_beta",
     "diagnose",
     "examples",
     "explorer_fragment",
@@ -270,6 +308,7 @@ __all__ = [
     "input_gradient_by_lag",
     "input_pair",
     "jacobian_singular_values",
+    "layerscale_default",
     "load_model_state",
     "load_smaller_lr",
     "load_trainability",
@@ -297,6 +336,8 @@ __all__ = [
     "preactivation_correlations",
     "predicted_gradient_norms",
     "probe_batch",
+    "recall_bag_accuracy",
+    "recall_dims",
     "records_mode",
     "recurrent_gates",
     "register_activation",
@@ -324,6 +365,8 @@ __all__ = [
     "success_table",
     "teacher_student",
     "tensorboard",
+    "tfixup_block_scale",
+    "tfixup_embedding_scale",
     "torch_seed",
     "train",
     "train_deep_linear",

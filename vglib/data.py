@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+from math import comb
+
 import torch
 
 from ._seed import generator as seeded_generator
 from ._validation import check_positive_int
 from .models import build_mlp
 
-__all__ = ["ADDING_BASELINE_MSE", "adding_problem", "probe_batch", "teacher_student"]
+__all__ = [
+    "ADDING_BASELINE_MSE",
+    "RECALL_KEYS",
+    "RECALL_PAIRS",
+    "RECALL_VALUES",
+    "adding_problem",
+    "associative_recall",
+    "probe_batch",
+    "recall_bag_accuracy",
+    "recall_dims",
+    "teacher_student",
+]
 
 
 def probe_batch(
@@ -81,3 +95,99 @@ def _teacher_scale(teacher: torch.nn.Module, in_features: int) -> float:
     probe = torch.randn(20_000, in_features, generator=seeded_generator(0))
     with torch.no_grad():
         return float(teacher(probe).std())
+
+
+RECALL_PAIRS = 4
+"""``associative_recall``'s default number of key-value pairs per sequence."""
+RECALL_KEYS = 8
+"""``associative_recall``'s default number of key tokens."""
+RECALL_VALUES = 8
+"""``associative_recall``'s default number of value tokens (and classes)."""
+
+
+def _check_recall(pairs: int, keys: int, values: int) -> None:
+    check_positive_int("pairs", pairs)
+    check_positive_int("keys", keys)
+    check_positive_int("values", values, minimum=2)
+    if keys < pairs:
+        raise ValueError(
+            f"keys must be >= pairs (the keys of a sequence are distinct), got keys={keys}, pairs={pairs}"
+        )
+
+
+def recall_dims(
+    pairs: int = RECALL_PAIRS, keys: int = RECALL_KEYS, values: int = RECALL_VALUES
+) -> tuple[int, int, int]:
+    """``(vocab, seq_len, out_features)`` of :func:`associative_recall`: ``keys + values`` tokens,
+    ``2 pairs + 1`` positions, ``values`` classes. ``build_transformer(depth, vocab=..., max_len=...,
+    out_features=...)`` takes them as they come; its defaults are ``recall_dims()``."""
+    _check_recall(pairs, keys, values)
+    return keys + values, 2 * pairs + 1, values
+
+
+def associative_recall(
+    n_examples: int,
+    pairs: int = RECALL_PAIRS,
+    keys: int = RECALL_KEYS,
+    values: int = RECALL_VALUES,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Associative recall: a sequence ``k1 v1 k2 v2 ... kP vP q`` and the value paired with ``q``.
+
+    The ``P = pairs`` keys of a sequence are distinct tokens drawn from ``[0, keys)``; the values
+    are drawn with replacement from ``[keys, keys + values)``; the query ``q`` is one of the
+    sequence's keys, chosen uniformly. The target is the class ``v - keys`` (in ``0 .. values-1``)
+    of the value that follows the query key. Returns ``tokens``, a LongTensor
+    ``(n_examples, 2 pairs + 1)``, and ``targets``, a LongTensor ``(n_examples,)``; see
+    :func:`recall_dims` for the vocabulary size. The global RNG state is left as it was.
+
+    Why it needs attention: the answer is set by *which value stands next to* the key that the
+    query repeats. A model of the tokens' multiset alone (a bag of tokens: e.g. the mean of the
+    token embeddings without positions) sees which keys and values occur but not how they pair,
+    and given the multiset every pairing of the values with the keys is equally likely, so its best
+    guess is the most frequent value of the sequence. Its best accuracy is
+    :func:`recall_bag_accuracy` (0.41 with the defaults), well above the ``1/values`` of a
+    blind guess, since the answer is always one of the values present, but far from 1. A model
+    that reaches it must match the query with an earlier key and read the token after it: what
+    attention does with two layers (a previous-token head and a matching head).
+    """
+    check_positive_int("n_examples", n_examples)
+    _check_recall(pairs, keys, values)
+    generator = seeded_generator(seed)
+    chosen_keys = torch.rand(n_examples, keys, generator=generator).argsort(dim=1)[:, :pairs]
+    chosen_values = torch.randint(0, values, (n_examples, pairs), generator=generator)
+    query = torch.randint(0, pairs, (n_examples,), generator=generator)
+    rows = torch.arange(n_examples)
+    tokens = torch.empty(n_examples, 2 * pairs + 1, dtype=torch.long)
+    tokens[:, 0 : 2 * pairs : 2] = chosen_keys
+    tokens[:, 1 : 2 * pairs : 2] = keys + chosen_values
+    tokens[:, -1] = chosen_keys[rows, query]
+    return tokens, chosen_values[rows, query].clone()
+
+
+def recall_bag_accuracy(pairs: int = RECALL_PAIRS, values: int = RECALL_VALUES) -> float:
+    """The best accuracy on :func:`associative_recall` of any function of the tokens' multiset:
+    ``E[max_v count(v)] / pairs``, the expected count of the most frequent of ``pairs`` values drawn
+    uniformly from ``values``, divided by ``pairs``.
+
+    Given the multiset, the sequence of values is a uniformly random arrangement of its values
+    (they are i.i.d.), independent of the order of the keys, so the query's value is each value
+    ``v`` of the multiset with probability ``count(v) / pairs``; predicting the most frequent value
+    is optimal. Computed exactly: ``P(max count <= m)`` is the number of sequences in which every
+    value occurs at most ``m`` times, ``pairs! [x^pairs] (sum_{j<=m} x^j / j!)^values``, over
+    ``values^pairs``. (The number of keys does not enter.)
+    """
+    check_positive_int("pairs", pairs)
+    check_positive_int("values", values, minimum=2)
+    total = values**pairs
+
+    def at_most(m: int) -> int:  # sequences of length `pairs` with every count <= m
+        # ways[n]: sequences of length n over the values seen so far, each count <= m
+        ways = [1] + [0] * pairs
+        for _ in range(values):
+            ways = [sum(ways[n - j] * comb(n, j) for j in range(min(m, n) + 1)) for n in range(pairs + 1)]
+        return ways[pairs]
+
+    cdf = [Fraction(at_most(m), total) for m in range(pairs + 1)]
+    expected_max = sum(m * (cdf[m] - cdf[m - 1]) for m in range(1, pairs + 1))
+    return float(expected_max / pairs)

@@ -21,6 +21,7 @@ from .tables import RecordedMonitor
 __all__ = ["OPTIMIZERS", "TrainingHistory", "train"]
 
 OPTIMIZERS = ("sgd", "adam")
+_TRAIN_OPTIMIZERS = (*OPTIMIZERS, "adamw")  # train() also takes AdamW; the ensembles do not
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ def train(
     record_grad_norm: bool = False,
     eval_mode: bool = True,
     weight_decay: float = 0.0,
+    warmup_steps: int = 0,
 ) -> TrainingHistory:
     """Train ``model`` in place on ``(x, y)`` by minibatch gradient descent; returns its history.
 
@@ -95,11 +97,19 @@ def train(
     ``record_grad_norm=True`` keeps every step's gradient norm before clipping as
     ``history.grad_norm``. ``weight_decay`` is the optimiser's own L2 penalty (``torch.optim.SGD``'s
     and ``torch.optim.Adam``'s ``weight_decay``: ``weight_decay * w`` added to every gradient).
+    ``optimizer="adamw"`` is ``torch.optim.AdamW`` (Loshchilov & Hutter 2019), whose
+    ``weight_decay`` shrinks the weights directly, apart from the adaptive step (with the default
+    ``weight_decay=0`` it is Adam). ``warmup_steps`` warms the learning rate up linearly: update
+    ``s = 1, 2, ...`` uses ``lr * min(1, s / warmup_steps)``, so the first update is
+    ``lr / warmup_steps`` and update ``warmup_steps`` and later use ``lr`` (``torch.optim.lr_scheduler.
+    LambdaLR``); 0, the default, is no warm-up. Inputs may be any tensor the model takes, e.g. the
+    LongTensor token ids of ``vglib.associative_recall`` with its class-index targets.
     """
     check_positive_int("steps", steps)
     check_positive_int("batch_size", batch_size)
     check_positive_int("eval_every", eval_every)
-    check_choice("optimizer", optimizer, OPTIMIZERS)
+    check_choice("optimizer", optimizer, _TRAIN_OPTIMIZERS)
+    check_positive_int("warmup_steps", warmup_steps, minimum=0)
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")
     if not weight_decay >= 0:
@@ -113,11 +123,16 @@ def train(
     if len(x) != len(y):
         raise ValueError(f"x and y hold different numbers of examples: {len(x)} and {len(y)}")
     x_eval, y_eval = (x, y) if x_eval is None or y_eval is None else (x_eval, y_eval)
-    opt = (
-        torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-        if optimizer == "adam"
-        else torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    )
+    opt: torch.optim.Optimizer
+    if optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    elif optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    else:
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    warmup = None
+    if warmup_steps > 0:  # the factor for update s + 1 (s = updates made so far)
+        warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup_steps))
     generator = seeded_generator(seed)
     losses, eval_steps, eval_losses, grad_norms = [], [], [], []
     monitor = None
@@ -139,6 +154,8 @@ def train(
             if clip_value is not None:
                 nn.utils.clip_grad_value_(params, clip_value)
             opt.step()
+            if warmup is not None:
+                warmup.step()
             if callback is not None:
                 callback(step + 1, model)
             losses.append(float(loss.detach()))
