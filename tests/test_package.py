@@ -55,9 +55,14 @@ def distribution_of(module: str) -> str:
 
 
 def test_the_version_is_one_and_the_changelog_has_it():
+    """The newest release heading is the package's version; only an "Unreleased" section (what is on
+    main since, not yet released) may come before it."""
     assert PROJECT["version"] == vglib.__version__
     headings = re.findall(r"^## (.+)$", (ROOT / "CHANGELOG.md").read_text(), flags=re.M)
-    assert headings and headings[0].split()[0] == PROJECT["version"], headings[:1]
+    releases = [h for h in headings if h != "Unreleased"]
+    assert headings[: len(headings) - len(releases)] in ([], ["Unreleased"]), headings[:2]
+    assert releases and releases[0].split()[0] == PROJECT["version"], releases[:1]
+    assert re.fullmatch(r"\S+ \(\d{4}-\d{2}-\d{2}\)", releases[0]), "a release heading carries its date"
 
 
 def third_party_imports() -> list[tuple[str, int, str, str | None, bool]]:

@@ -11,8 +11,10 @@ residual stream ``h`` runs through them as
   with ``alpha > 1``),
 - ``norm="none"``: ``h = h + s(F(h))`` (no normalisation: ReZero's and T-Fixup's setting),
 
-where ``F`` is the sublayer and ``s`` the residual scaling (``RESIDUAL_SCALINGS``). Build one with
-:func:`build_transformer`. Everything is small enough to train on a CPU in seconds.
+where ``F`` is the sublayer and ``s`` the residual scaling (``RESIDUAL_SCALINGS``). With
+``skip=False`` the residual connection is dropped (``h = s(F(LN(h)))``, ``LN(s(F(h)))``,
+``s(F(h))``): a pure attention/MLP stack, Dong et al. 2021's "without skip connections". Build one
+with :func:`build_transformer`. Everything is small enough to train on a CPU in seconds.
 """
 
 from __future__ import annotations
@@ -183,6 +185,13 @@ class TransformerBlock(nn.Module):
 
     The scales are ``self.attention_scale`` and ``self.mlp_scale`` (``None`` where there is none);
     ``self.alpha`` is ``deepnorm_alpha(depth)`` for ``deepnorm`` and 1 otherwise.
+
+    ``skip=False`` drops the residual connection of both sublayers (``self.skip``): ``pre``:
+    ``s(F(LN(h)))``; ``post``: ``LN(s(F(h)))`` (``alpha``, the weight of the skip, is then unused);
+    ``none``: ``s(F(h))``. This is the "pure attention" stack of Dong et al. 2021 (with
+    ``mlp=False``), whose token representations collapse to rank 1 with depth. The residual
+    scalings still scale the branch (``rezero`` then multiplies every block's output by 0 at
+    initialisation: a stream that is 0 after the first block).
     ``self.sublayer_names`` lists the sublayers in the order they run.
     """
 
@@ -199,6 +208,7 @@ class TransformerBlock(nn.Module):
         logit_scale: float | None = None,
         causal: bool = False,
         layerscale_init: float | None = None,
+        skip: bool = True,
     ):
         super().__init__()
         check_choice("norm", norm, NORM_PLACEMENTS)
@@ -207,6 +217,7 @@ class TransformerBlock(nn.Module):
         check_positive_int("depth", depth)
         check_positive_int("mlp_ratio", mlp_ratio)
         _check_bool("mlp", mlp)
+        self.skip = _check_bool("skip", skip)
         self.norm = norm
         self.residual = residual
         self.alpha = deepnorm_alpha(depth) if residual == "deepnorm" else 1.0
@@ -243,6 +254,8 @@ class TransformerBlock(nn.Module):
             update = branch(h)
         if scale is not None:
             update = scale * update
+        if not self.skip:
+            return norm(update) if self.norm == "post" else update
         if self.norm == "post":
             return norm(self.alpha * h + update)
         return h + update
@@ -370,6 +383,7 @@ def build_transformer(
     causal: bool = False,
     readout: str = "last",
     layerscale_init: float | None = None,
+    skip: bool = True,
     seed: int = 0,
 ) -> Transformer:
     """A small :class:`Transformer` of ``depth`` blocks, initialised for the named remedy.
@@ -378,7 +392,9 @@ def build_transformer(
     its defaults (:func:`~vglib.data.recall_dims`). ``norm`` is one of ``NORM_PLACEMENTS`` and ``residual``
     one of ``RESIDUAL_SCALINGS``: ``deepnorm`` needs ``norm="post"``, ``tfixup`` needs
     ``norm="none"``. ``layerscale_init`` (``residual="layerscale"`` only) overrides CaiT's
-    depth rule (:func:`layerscale_default`).
+    depth rule (:func:`layerscale_default`). ``skip=False`` drops every block's residual connection
+    (see :class:`TransformerBlock`): with ``mlp=False``, the pure attention stack of Dong et al.
+    2021; the initialisation is the same as with the skip.
 
     Initialisation, the same for every variant except where a remedy says otherwise:
 
@@ -429,6 +445,7 @@ def build_transformer(
     _check_combination(norm, residual)
     _check_bool("mlp", mlp)
     _check_bool("causal", causal)
+    _check_bool("skip", skip)
     if logit_scale is not None:
         _check_positive_float("logit_scale", logit_scale)
     if layerscale_init is not None:
@@ -455,6 +472,7 @@ def build_transformer(
                 logit_scale=logit_scale,
                 causal=causal,
                 layerscale_init=layerscale_init,
+                skip=skip,
             )
             for _ in range(depth)
         ]

@@ -600,3 +600,55 @@ def test_train_takes_token_ids_with_class_targets():
     )  # with a monitor on the optimiser too: no scheduler-order warning (pytest makes it an error)
     assert history.loss.shape == (3,) and all(math.isfinite(v) for v in history.loss)
     assert history.monitor is not None
+
+
+# --- skip=False: the residual connection dropped ------------------------------------------------------
+
+
+def _reference_block_without_skip(block: vg.TransformerBlock, h: torch.Tensor, norm: str) -> torch.Tensor:
+    sublayers = [(lambda x: _attention(x, block.attention), block.attention_norm, block.attention_scale)]
+    if block.mlp is not None:
+        mlp = block.mlp
+        sublayers.append(
+            (lambda x: _linear(F.gelu(_linear(x, mlp[0])), mlp[2]), block.mlp_norm, block.mlp_scale)
+        )
+    for branch, layer_norm, scale in sublayers:
+        s = (lambda u: u) if scale is None else (lambda u, scale=scale: scale * u)
+        if norm == "pre":
+            h = s(branch(_layer_norm(h, layer_norm)))
+        elif norm == "post":  # no alpha: it weighs the skip, which is gone
+            h = _layer_norm(s(branch(h)), layer_norm)
+        else:
+            h = s(branch(h))
+    return h
+
+
+@pytest.mark.parametrize("mlp", [True, False])
+@pytest.mark.parametrize(("norm", "residual"), VALID)
+def test_without_skip_every_combination_matches_a_hand_written_forward(norm, residual, mlp):
+    model = vg.build_transformer(3, norm=norm, residual=residual, mlp=mlp, skip=False, seed=9)
+    _randomise_scales(model)
+    tokens, _ = _batch()
+    h = model.embed(tokens)
+    with torch.no_grad():
+        for block in model.blocks:
+            assert block.skip is False
+            h = _reference_block_without_skip(block, h, norm)
+        if norm == "pre":
+            h = _layer_norm(h, model.final_norm)
+        torch.testing.assert_close(model(tokens), _linear(h[:, -1], model.head), rtol=1e-4, atol=1e-5)
+
+
+def test_skip_changes_the_forward_pass_only():
+    with_skip = vg.build_transformer(3, norm="post", residual="deepnorm", seed=10)
+    without = vg.build_transformer(3, norm="post", residual="deepnorm", skip=False, seed=10)
+    assert all(b.skip for b in with_skip.blocks)
+    a, b = with_skip.state_dict(), without.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the same initialisation
+    tokens, _ = _batch()
+    with torch.no_grad():
+        assert float((with_skip(tokens) - without(tokens)).abs().max()) > 1e-3
+    with pytest.raises(TypeError, match="skip must be True or False"):
+        vg.build_transformer(2, skip=0)
+    with pytest.raises(TypeError, match="skip must be True or False"):
+        vg.TransformerBlock(8, 2, skip="no")

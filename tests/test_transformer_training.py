@@ -1,0 +1,110 @@
+"""The committed transformer training comparisons (``benchmarks/results/transformer_training.json``,
+written by ``benchmarks/transformer_training.py --write`` on the pinned kernel path of
+``vglib.records``, one thread per run) cover their sweep's runs once, and are what the code computes:
+one random recorded run of at most ``MAX_RECHECK_DEPTH`` blocks (a 6-block run of the full sweep
+takes 30-40 CPU-seconds) is re-run for its whole budget in a subprocess on the pinned path, and
+every validation and test accuracy at every evaluation, and the update at which it diverged, must be
+exactly the recorded ones.
+
+The file is the full sweep (``FULL_SWEEP``) or, until that has been run, the small trial sweep
+(``TRIAL_SWEEP``, its meta says ``"trial": true``); either is checked against its own settings. A
+missing file fails, naming the command that writes it.
+
+The exact re-run needs a CPU of the vendor that wrote the file on which PyTorch runs its AVX2 kernels
+under the pinned environment; elsewhere it is skipped, with the reason (training amplifies another
+kernel path's rounding, so there is nothing exact to compare). The run is drawn afresh each day
+(``VGLIB_RECHECK_SEED`` fixes it) and printed."""
+
+import datetime
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vglib import recall_bag_accuracy
+from vglib import transformer_training as tt
+from vglib.records import RECORDING_PATH, cpu_vendor
+
+ROOT = Path(__file__).resolve().parents[1]
+PATH = ROOT / tt.RESULTS_FILE
+MAX_RECHECK_DEPTH = 6
+"""The deepest model the re-run may draw (24 blocks take about 115 CPU-seconds for the full budget)."""
+
+
+def recorded() -> tuple[list[tt.RecallRun], tt.SweepSettings, dict]:
+    if not PATH.exists():
+        pytest.fail(
+            f"{tt.RESULTS_FILE} is missing: write it with "
+            + " ".join(f"{k}={v}" for k, v in RECORDING_PATH.items())
+            + " python benchmarks/transformer_training.py --write (the full sweep, about 3 hours on 2 "
+            "processes) or ... --trial --write (the small trial sweep, a few minutes)"
+        )
+    return tt.load_recall_runs(PATH)
+
+
+def test_the_file_covers_its_sweep_once_on_the_pinned_path():
+    runs, settings, meta = recorded()
+    assert settings in (tt.FULL_SWEEP, tt.TRIAL_SWEEP), settings
+    assert meta["trial"] == (settings == tt.TRIAL_SWEEP)
+    assert meta["threshold"] == tt.RECALL_THRESHOLD and meta["batch"] == tt.RECALL_BATCH
+    assert {k: tuple(v) for k, v in meta["splits"].items()} == tt.RECALL_SPLITS
+    assert meta["bag_bound"] == recall_bag_accuracy() and meta["chance"] == tt.recall_chance()
+    cpu = meta["cpu"]
+    assert cpu["env"] == RECORDING_PATH and cpu["capability"] == "AVX2" and cpu["threads"] == 1, cpu
+    keys = [r.job for r in runs]
+    assert len(keys) == len(set(keys)) and set(keys) == set(settings.jobs("all"))
+    steps = tuple(range(settings.eval_every, settings.steps + 1, settings.eval_every))
+    assert all(r.eval_steps == steps for r in runs)
+    for r in runs:  # diverged runs are NaN from their divergence on, and only they are NaN at the end
+        assert r.diverged == math.isnan(r.final_test) == math.isnan(r.final_validation), r.job
+
+
+def pinned_path_available(vendor: str) -> bool:
+    """A CPU of the file's vendor on which PyTorch runs its AVX2 kernels under the pinned environment."""
+    if cpu_vendor() != vendor:
+        return False
+    code = "import torch; print(torch.backends.cpu.get_cpu_capability())"
+    env = {**os.environ, **RECORDING_PATH}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    return result.stdout.strip() == "AVX2"
+
+
+RERUN = """
+import json, sys
+import vglib
+from vglib import transformer_training as tt
+vglib.seed_everything(0, threads=1)  # as benchmarks/transformer_training.py runs each job
+row, settings = json.loads(sys.argv[1]), tt.SweepSettings.from_json(json.loads(sys.argv[2]))
+job = tt.runs_from_json([row])[0].job
+print(json.dumps(tt.runs_to_json([tt.train_recall(job, settings)])))
+"""
+
+
+def test_a_random_run_reproduces_exactly_on_the_pinned_path():
+    runs, settings, meta = recorded()
+    vendor = meta["cpu"]["vendor"]
+    if not pinned_path_available(vendor):
+        pytest.skip(f"written on a {vendor} CPU with AVX2; this CPU ({cpu_vendor()}) differs or lacks AVX2, "
+                    "so its pinned path need not give the same bits")  # fmt: skip
+    draw_seed = os.environ.get("VGLIB_RECHECK_SEED") or datetime.date.today().isoformat()
+    candidates = [r for r in runs if r.job.config.depth <= MAX_RECHECK_DEPTH]
+    old = random.Random(draw_seed).choice(candidates)
+    print(f"re-running {old.job} (drawn with VGLIB_RECHECK_SEED={draw_seed!r})")
+    env = {**os.environ, **RECORDING_PATH, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env.pop("VGLIB_SEED_OFFSET", None)
+    row = json.dumps(tt.runs_to_json([old])[0])
+    command = [sys.executable, "-c", RERUN, row, json.dumps(settings.to_json())]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    fresh = tt.runs_from_json(json.loads(result.stdout))[0]
+    where = (draw_seed, old.job)
+    assert fresh.job == old.job and fresh.eval_steps == old.eval_steps, where
+    assert fresh.diverged_at == old.diverged_at, (*where, fresh.diverged_at, old.diverged_at)
+    for new, was in ((fresh.validation, old.validation), (fresh.test, old.test)):
+        same = [a == b or (math.isnan(a) and math.isnan(b)) for a, b in zip(new, was, strict=True)]
+        assert all(same), (*where, new, was)

@@ -1,0 +1,186 @@
+"""vglib.transformer_training: one run against a hand-written loop, divergence, the lr choice on a
+hand-made table, the summaries, the JSON round trip, the experiments' job lists, bad input."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import vglib as vg
+from vglib import transformer_training as tt
+from vglib._seed import generator as seeded_generator
+
+TINY = tt.SweepSettings(steps=6, eval_every=3, warmup_steps=2, lrs=(1e-3,), seeds=(0,),
+                        warmup_depth=1, scaling_depths=(1,))  # fmt: skip
+
+
+def _hand_written(job: tt.RecallJob, settings: tt.SweepSettings) -> tuple[list[float], list[float]]:
+    """The same run as train_recall, written out: Adam, linear warm-up, minibatches of 64 drawn with
+    the run's seed, accuracy on the validation and test splits after every eval_every updates."""
+    splits = tt.recall_splits()
+    x, y = splits["train"]
+    model = job.config.build(job.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=job.lr)
+    generator = seeded_generator(job.seed)
+    validation, test = [], []
+    for step in range(1, settings.steps + 1):
+        if job.warmup_steps:
+            for group in opt.param_groups:
+                group["lr"] = job.lr * min(1.0, step / job.warmup_steps)
+        index = torch.randint(0, len(x), (tt.RECALL_BATCH,), generator=generator)
+        opt.zero_grad()
+        F.cross_entropy(model(x[index]), y[index]).backward()
+        opt.step()
+        if step % settings.eval_every == 0:
+            with torch.no_grad():
+                for name, out in (("validation", validation), ("test", test)):
+                    xs, ys = splits[name]
+                    out.append(float((model(xs).argmax(1) == ys).double().mean()))
+    return validation, test
+
+
+@pytest.mark.parametrize("warmup", [0, 2])
+def test_a_run_is_the_hand_written_loop(warmup):
+    job = tt.RecallJob(tt.TransformerConfig("post", depth=2), 3e-3, 1, warmup)
+    run = tt.train_recall(job, TINY, flush_denormal=False)
+    validation, test = _hand_written(job, TINY)
+    assert run.eval_steps == (3, 6) and not run.diverged
+    assert run.validation == tuple(validation) and run.test == tuple(test)  # exactly
+    assert run.seconds > 0
+
+
+def test_runs_repeat_and_leave_the_global_rng_and_denormal_mode_alone():
+    job = tt.RecallJob(tt.TransformerConfig("pre", "layerscale", depth=2), 1e-2, 0)
+    state = torch.get_rng_state()
+    first, second = tt.train_recall(job, TINY), tt.train_recall(job, TINY)
+    assert first == second  # seconds are not compared
+    assert torch.equal(torch.get_rng_state(), state)
+    tiny = torch.tensor([1e-40], dtype=torch.float32)
+    assert float(tiny * 1.0) > 0  # denormals are back on after the run
+
+
+def test_an_absurd_learning_rate_diverges_and_stops_early():
+    settings = tt.SweepSettings(steps=60, eval_every=3, warmup_steps=1)
+    job = tt.RecallJob(tt.TransformerConfig("none", depth=2), 1e6, 0)
+    run = tt.train_recall(job, settings)
+    assert run.diverged and 1 < run.diverged_at < 60
+    assert len(run.eval_steps) == 20 and math.isnan(run.final_test) and math.isnan(run.final_validation)
+    before = [v for s, v in zip(run.eval_steps, run.test, strict=True) if s < run.diverged_at]
+    assert all(math.isfinite(v) for v in before[:-1])
+    assert all(math.isnan(v) for s, v in zip(run.eval_steps, run.test, strict=True) if s >= run.diverged_at)
+    assert not run.trained()
+
+
+def _run(config, lr, seed, validation, test=None, warmup=0, diverged_at=None):
+    test = validation if test is None else test
+    return tt.RecallRun(tt.RecallJob(config, lr, seed, warmup), (10, 20), validation, test, diverged_at)
+
+
+def _table():
+    """A hand-made results table of one configuration: three rates, three seeds."""
+    c = tt.TransformerConfig("post", depth=2)
+    nan = math.nan
+    return c, [
+        # lr 1e-3: medians 0.5 (no divergence)
+        _run(c, 1e-3, 0, (0.3, 0.5)), _run(c, 1e-3, 1, (0.3, 0.4)), _run(c, 1e-3, 2, (0.3, 0.6)),
+        # lr 1e-2: the best medians (0.95), test reaches 0.9 at step 10 or 20
+        _run(c, 1e-2, 0, (0.5, 0.95), (0.9, 0.95)), _run(c, 1e-2, 1, (0.4, 0.92), (0.5, 0.91)),
+        _run(c, 1e-2, 2, (0.5, 0.97), (0.5, 0.97)),
+        # lr 1e-1: one seed diverged: ranked after every clean rate
+        _run(c, 1e-1, 0, (0.9, 0.6)), _run(c, 1e-1, 1, (0.9, 0.5)),
+        _run(c, 1e-1, 2, (nan, nan), diverged_at=12),
+        # with warm-up at 1e-1: all seeds train
+        _run(c, 1e-1, 0, (0.9, 0.99), warmup=5), _run(c, 1e-1, 1, (0.9, 0.98), warmup=5),
+        _run(c, 1e-1, 2, (0.9, 0.97), warmup=5),
+    ]  # fmt: skip
+
+
+def test_the_lr_choice_follows_the_grid_rule_on_a_hand_made_table():
+    c, runs = _table()
+    assert tt.choose_recall_lr(runs, c) == 1e-2  # 1e-1 had a diverged seed
+    assert tt.choose_recall_lr(runs, c, 5) == 1e-1
+    # without the clean rates, the diverged one is all there is
+    assert tt.choose_recall_lr([r for r in runs if r.job.lr == 1e-1], c) == 1e-1
+    # ties go to the smaller rate
+    tie = [_run(c, lr, s, (0.5, 0.8)) for lr in (1e-2, 1e-3) for s in (0, 1)]
+    assert tt.choose_recall_lr(tie, c) == 1e-3
+
+
+def test_summaries_on_a_hand_made_table():
+    c, runs = _table()
+    s = tt.summarize_recall(runs, c)
+    assert (s.lr, s.test.values, s.trained, s.diverged, s.seeds) == (1e-2, (0.95, 0.91, 0.97), 3, 0, 3)
+    assert s.test.median == 0.95 and s.steps.values == (10.0, 20.0, 20.0)
+    by_lr = tt.spread_by_lr(runs, c)
+    assert list(by_lr) == [1e-3, 1e-2, 1e-1] and math.isnan(by_lr[1e-1].values[2])
+    assert tt.warmup_relation(runs, c, 1e-1, 5) == "above"  # a diverged seed ranks below all
+    better = [r for r in runs if r.job.lr != 1e-1 or r.job.warmup_steps or r.job.seed] + [
+        _run(c, 1e-1, 0, (0.9, 0.975))
+    ]
+    assert tt.warmup_relation(better, c, 1e-1, 5) == "overlaps"  # 0.975 lies among 0.97-0.99
+    with pytest.raises(ValueError, match="no runs of"):
+        tt.warmup_relation(runs, c, 1e-3, 5)
+    with pytest.raises(ValueError, match="no runs of"):
+        tt.summarize_recall(runs, tt.TransformerConfig("pre", depth=2))
+
+
+def test_the_json_round_trip_is_exact(tmp_path):
+    _, runs = _table()
+    real = tt.train_recall(tt.RecallJob(tt.TransformerConfig("none", "rezero", depth=1), 1e-3, 2), TINY)
+    runs = [*runs, real]
+    path = tmp_path / "r.json"
+    tt.save_recall_runs(path, runs, TINY, {"note": "x"})
+    back, settings, meta = tt.load_recall_runs(path)
+    assert settings == TINY and meta["note"] == "x" and meta["bag_bound"] == vg.recall_bag_accuracy()
+    assert len(back) == len(runs)
+    for a, b in zip(runs, back, strict=True):
+        assert a.job == b.job and a.eval_steps == b.eval_steps and a.diverged_at == b.diverged_at
+        for u, v in ((a.validation, b.validation), (a.test, b.test)):
+            assert all(x == y or (math.isnan(x) and math.isnan(y)) for x, y in zip(u, v, strict=True))
+    assert back[-1] == real and back[-1].seconds == real.seconds
+    with pytest.raises(FileNotFoundError, match="benchmarks/transformer_training.py --write"):
+        tt.load_recall_runs(tmp_path / "missing.json")
+
+
+def test_the_experiments_list_each_run_once():
+    full = tt.FULL_SWEEP
+    a, b, both = full.jobs("A"), full.jobs("B"), full.jobs("all")
+    assert len(a) == 2 * 2 * 8 * 3 and len(b) == 6 * 2 * 8 * 3
+    shared = {j for j in a if j.warmup_steps == 0}  # plain pre/post at depth 6, no warm-up
+    assert len(both) == len(set(both)) == len(a) + len(b) - len(shared) == 336
+    assert shared <= set(b)
+    assert [j.config.depth for j in both] == sorted((j.config.depth for j in both), reverse=True)
+    assert {j.warmup_steps for j in a} == {0, 150} and {j.warmup_steps for j in b} == {0}
+    assert full.warmup_steps == full.steps // 10 and full.lrs == vg.grid.GRID_LRS
+    assert full.seeds == vg.HARNESS_SEEDS
+    labels = {j.config.label for j in b if j.config.depth == 24}
+    assert labels == {"pre-LN, 24 blocks", "post-LN, 24 blocks", "DeepNorm (post-LN), 24 blocks",
+                      "ReZero (no LN), 24 blocks", "T-Fixup (no LN), 24 blocks",
+                      "LayerScale (pre-LN), 24 blocks"}  # fmt: skip
+    assert tt.SweepSettings.from_json(full.to_json()) == full
+
+
+def test_the_splits_are_fixed_and_the_threshold_is_far_above_the_bag_bound():
+    splits = tt.recall_splits()
+    assert {k: len(v[1]) for k, v in splits.items()} == {"train": 20_000, "validation": 1_000, "test": 1_000}
+    x, y = vg.associative_recall(1_000, seed=162)
+    assert torch.equal(splits["test"][0], x) and torch.equal(splits["test"][1], y)
+    assert tt.RECALL_THRESHOLD > vg.recall_bag_accuracy() + 0.4 and tt.recall_chance() == 1 / 8
+
+
+def test_bad_input_names_the_valid_choices():
+    with pytest.raises(ValueError, match="'pre', 'post', 'none'"):
+        tt.TransformerConfig("middle")
+    with pytest.raises(ValueError, match="needs norm='post'"):
+        tt.TransformerConfig("pre", "deepnorm")
+    with pytest.raises(ValueError, match="'A', 'B', 'all'"):
+        tt.FULL_SWEEP.jobs("C")
+    with pytest.raises(ValueError, match="multiple of eval_every"):
+        tt.SweepSettings(steps=10, eval_every=3)
+    with pytest.raises(ValueError, match="lrs must be"):
+        tt.SweepSettings(lrs=())
+    with pytest.raises(TypeError, match="RecallJob"):
+        tt.train_recall((tt.TransformerConfig("pre"), 1e-3, 0))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="lr must be"):
+        tt.train_recall(tt.RecallJob(tt.TransformerConfig("pre"), -1.0, 0), TINY)

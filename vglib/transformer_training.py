@@ -1,0 +1,613 @@
+"""The training comparisons of the transformers chapter: learning-rate warm-up for post-LN and pre-LN
+(Xiong et al. 2020), and residual scaling for deep stacks (DeepNorm, ReZero, T-Fixup, LayerScale),
+on the associative recall task, with the equal tuning of ``vglib.grid``.
+
+**Task.** :func:`~vglib.data.associative_recall` with its defaults (4 key-value pairs, 8 keys, 8
+values: 16 tokens, sequences of 9, 8 classes), in three fixed splits (``RECALL_SPLITS``): 20,000
+training sequences (seed 160), 1,000 validation sequences (seed 161) and 1,000 test sequences (seed
+162). About 27.5 million sequences exist, so a validation or test sequence is in the training split
+with probability about 0.07 %. Chance is 1/8; a model of the tokens' multiset reaches at best
+:func:`~vglib.data.recall_bag_accuracy` (0.41); what lies above that takes attention.
+
+**Models.** :func:`~vglib.transformers.build_transformer` with its defaults (width 32, 4 heads, MLP
+ratio 4, the head reading the last position), one :class:`TransformerConfig` per placement and
+residual scaling; the model seed is the run's seed.
+
+**Training.** Adam (``vglib.train(..., optimizer="adam")``, PyTorch's betas (0.9, 0.999), no weight
+decay; Xiong et al. used betas (0.9, 0.98)), minibatches of ``RECALL_BATCH`` = 64 drawn with the
+run's seed, for a fixed budget of ``SweepSettings.steps`` updates (1,500 in the sweep: a pilot of
+pre-LN at depth 6 and lr 2.2e-3, the grid's rate nearest the 3e-3 that solves the task at depth 2,
+sat on a plateau near the bag bound for 900 steps and was at 1.0 by step 1,100; the budget leaves
+room for slower rates and deeper stacks to make the same jump). Warm-up, where a run has it, is
+``vglib.train``'s linear warm-up over ``SweepSettings.warmup_steps`` = 10 % of the budget (150
+updates; Xiong et al. warmed up over 4,000 updates of a much longer run), with no decay after it.
+Every learning rate of ``vglib.grid.GRID_LRS`` (2.2e-5 to 1), seeds ``vglib.HARNESS_SEEDS``.
+
+**Metric.** Validation and test accuracy every ``SweepSettings.eval_every`` = 50 updates (so a step
+count to the threshold is known to within 50). Per group (one configuration, with or without
+warm-up) the learning rate is chosen as ``vglib.grid.choose_lr`` chooses it (its code is reused):
+the best median final *validation* accuracy over the seeds, among the rates at which no seed
+diverged; the *test* accuracy is read at that rate only. A run *trains* when its final test accuracy
+reaches ``RECALL_THRESHOLD`` = 0.9, fixed before the runs: far above the bag bound (0.41) and chance
+(0.125), so only a model that found the key-value pairing passes. Steps to the threshold: the first
+evaluation at which the test accuracy reaches it (``vglib.grid.steps_to``).
+
+**Divergence.** A run whose training loss becomes non-finite stops there and is recorded as diverged
+(``RecallRun.diverged_at``, the update whose loss was non-finite; NaN accuracies from there on). This
+is the only early stop: a run that stalls trains for the whole budget. The check reads the logits of
+each training minibatch (a non-finite loss has non-finite logits, as cross-entropy of finite logits
+is finite); a gradient that overflows while the loss is finite makes the weights, hence the next
+update's logits, non-finite, and is caught one update later.
+
+**Denormals.** Once attention sharpens, subnormal floats (below about 1.2e-38) appear in the
+backward pass and make every step 10-30 times slower on x86 CPUs. :func:`train_recall` flushes them
+to zero for the run (``torch.set_flush_denormal(True)``) and switches that off again afterwards
+(PyTorch's default; PyTorch has no getter to restore another state). Flushing changes only numbers
+below about 1e-38, and every recorded run and its re-check use it.
+
+**Determinism.** Each run is seeded through vglib (model, minibatches) and leaves the global RNG
+alone; its bits depend on the thread count and the CPU's kernel path, so the sweep
+(``benchmarks/transformer_training.py``) runs each job on one torch thread, in worker processes
+(``vglib.harness.map_in_processes``), on the pinned kernel path of ``vglib.records.RECORDING_PATH``,
+and ``tests/test_transformer_training.py`` re-runs a random recorded run there and compares it
+exactly.
+
+**The experiments** (``SweepSettings.jobs``):
+
+- ``A`` (warm-up): post-LN and pre-LN, both plain, at ``WARMUP_DEPTH`` = 6 blocks (the depth of
+  Xiong et al.'s encoder and decoder; deep enough for post-LN's gradient at the last layers to stand
+  out, shallow enough that pre-LN needs no help), each with and without warm-up.
+- ``B`` (residual scaling): ``SCALING_VARIANTS`` (plain pre-LN, plain post-LN, DeepNorm, ReZero,
+  T-Fixup, LayerScale) at ``SCALING_DEPTHS`` = 6 and 24 blocks, without warm-up, since each remedy
+  claims to remove the need for it (T-Fixup's and DeepNorm's papers train without it). 24 is the
+  deepest stack whose runs the sweep affords on this CPU (a 24-block run takes about 115 CPU-seconds
+  for the budget, 3-4 times a 6-block one; a 48-block run about 225, which for 144 runs would add 9
+  CPU-hours), and
+  the depth at which CaiT's LayerScale starts at 1e-5 and DeepNet already found post-LN unstable
+  (18 blocks each side).
+
+Experiment B's plain runs at depth 6 are experiment A's runs without warm-up: a run is stored once
+and keyed by ``(configuration, lr, seed, warmup_steps)``. :func:`save_recall_runs` and
+:func:`load_recall_runs` write and read the plain JSON results file (``RESULTS_FILE``);
+:func:`choose_recall_lr`, :func:`summarize_recall`, :func:`spread_by_lr` and :func:`warmup_relation`
+are what the chapter calls.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ._seed import SeedSpread
+from ._validation import check_choice, check_positive_int
+from .data import associative_recall, recall_bag_accuracy, recall_dims
+from .grid import GRID_LRS, GridCell, choose_lr, steps_to
+from .harness import HARNESS_SEEDS, map_in_processes
+from .train import train
+from .transformers import NORM_PLACEMENTS, RESIDUAL_SCALINGS, Transformer, build_transformer
+
+__all__ = [
+    "EXPERIMENTS",
+    "FULL_SWEEP",
+    "RECALL_BATCH",
+    "RECALL_SPLITS",
+    "RECALL_THRESHOLD",
+    "SCALING_DEPTHS",
+    "SCALING_VARIANTS",
+    "TRIAL_SWEEP",
+    "WARMUP_DEPTH",
+    "RecallJob",
+    "RecallRun",
+    "RecallSummary",
+    "SweepSettings",
+    "TransformerConfig",
+    "choose_recall_lr",
+    "load_recall_runs",
+    "recall_chance",
+    "recall_splits",
+    "run_recall_jobs",
+    "runs_from_json",
+    "runs_to_json",
+    "save_recall_runs",
+    "spread_by_lr",
+    "summarize_recall",
+    "train_recall",
+    "warmup_relation",
+]
+
+RESULTS_FILE = "benchmarks/results/transformer_training.json"
+"""Where the sweep's results live, relative to the repository root."""
+RECALL_SPLITS: dict[str, tuple[int, int]] = {
+    "train": (20_000, 160),
+    "validation": (1_000, 161),
+    "test": (1_000, 162),
+}
+"""``split -> (number of sequences, seed)`` of the fixed splits of ``associative_recall``."""
+RECALL_BATCH = 64
+"""Sequences per minibatch."""
+RECALL_THRESHOLD = 0.9
+"""The final test accuracy at which a run counts as trained (bag bound 0.41, chance 0.125)."""
+WARMUP_DEPTH = 6
+"""Blocks of experiment A's models (Xiong et al.'s 6-layer encoder and decoder)."""
+SCALING_DEPTHS: tuple[int, ...] = (6, 24)
+"""Depths of experiment B."""
+SCALING_VARIANTS: tuple[tuple[str, str], ...] = (
+    ("pre", "plain"),
+    ("post", "plain"),
+    ("post", "deepnorm"),
+    ("none", "rezero"),
+    ("none", "tfixup"),
+    ("pre", "layerscale"),
+)
+"""``(norm, residual)`` of experiment B: plain pre-LN, plain post-LN, DeepNorm, ReZero (no norm, as
+in the paper), T-Fixup (no norm) and LayerScale (pre-LN, CaiT's initial value by depth)."""
+EXPERIMENTS: tuple[str, ...] = ("A", "B", "all")
+"""What ``SweepSettings.jobs`` takes: the warm-up experiment, the residual-scaling one, or both."""
+
+_LABELS = {
+    ("pre", "plain"): "pre-LN",
+    ("post", "plain"): "post-LN",
+    ("none", "plain"): "no LN",
+    ("post", "deepnorm"): "DeepNorm (post-LN)",
+    ("none", "tfixup"): "T-Fixup (no LN)",
+}
+
+
+def recall_chance() -> float:
+    """The accuracy of a blind guess on the recall task: one over the number of values (0.125)."""
+    return 1.0 / recall_dims()[2]
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """One model of the comparisons: ``build_transformer(depth, width, heads, norm=norm,
+    residual=residual, seed=seed)`` with the recall task's dimensions."""
+
+    norm: str
+    residual: str = "plain"
+    depth: int = WARMUP_DEPTH
+    width: int = 32
+    heads: int = 4
+
+    def __post_init__(self) -> None:
+        check_choice("norm", self.norm, NORM_PLACEMENTS)
+        check_choice("residual", self.residual, RESIDUAL_SCALINGS)
+        for name in ("depth", "width", "heads"):
+            check_positive_int(name, getattr(self, name))
+        # build_transformer's own checks (combinations, width % heads), on a model of one block
+        build_transformer(1, self.width, self.heads, norm=self.norm, residual=self.residual)
+
+    @property
+    def label(self) -> str:
+        """E.g. ``"pre-LN, 6 blocks"``, ``"ReZero (no LN), 24 blocks"``."""
+        name = _LABELS.get((self.norm, self.residual))
+        if name is None:
+            placement = {"pre": "pre-LN", "post": "post-LN", "none": "no LN"}[self.norm]
+            remedy = {"rezero": "ReZero", "layerscale": "LayerScale", "plain": "plain"}[self.residual]
+            name = f"{remedy} ({placement})"
+        return f"{name}, {self.depth} blocks"
+
+    def build(self, seed: int) -> Transformer:
+        """The model of seed ``seed``, sized for ``associative_recall``'s defaults."""
+        vocab, seq_len, classes = recall_dims()
+        return build_transformer(
+            self.depth, self.width, self.heads, norm=self.norm, residual=self.residual, vocab=vocab,
+            max_len=seq_len, out_features=classes, seed=seed,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RecallJob:
+    """One run to make: a configuration, a learning rate, a seed and a warm-up length (0: none)."""
+
+    config: TransformerConfig
+    lr: float
+    seed: int
+    warmup_steps: int = 0
+
+
+@dataclass(frozen=True)
+class RecallRun:
+    """One trained run: its job, the validation and test accuracy after every ``eval_every``
+    updates (``eval_steps``; NaN from the evaluation at or after ``diverged_at`` on), the update
+    whose training loss was non-finite (``None``: it never was), and the run's wall time
+    (``seconds``) and CPU time (``cpu_seconds``, the process time of a one-thread run, which a shared
+    machine does not inflate) in seconds; the times are not part of what a re-run must reproduce."""
+
+    job: RecallJob
+    eval_steps: tuple[int, ...]
+    validation: tuple[float, ...]
+    test: tuple[float, ...]
+    diverged_at: int | None = None
+    seconds: float = field(default=math.nan, compare=False)
+    cpu_seconds: float = field(default=math.nan, compare=False)
+
+    @property
+    def diverged(self) -> bool:
+        return self.diverged_at is not None
+
+    @property
+    def final_validation(self) -> float:
+        """The validation accuracy at the end of the budget (NaN where the run diverged)."""
+        return self.validation[-1]
+
+    @property
+    def final_test(self) -> float:
+        """The test accuracy at the end of the budget (NaN where the run diverged)."""
+        return self.test[-1]
+
+    def trained(self, threshold: float = RECALL_THRESHOLD) -> bool:
+        """Whether the final test accuracy reaches ``threshold`` (a diverged run never does)."""
+        return math.isfinite(self.final_test) and self.final_test >= threshold
+
+    def as_cell(self) -> GridCell:
+        """The run as a ``vglib.grid.GridCell`` (remedy: its configuration's label; task:
+        ``"recall"`` with ``" + warm-up"`` where it warmed up), for the grid's rules."""
+        task = "recall + warm-up" if self.job.warmup_steps else "recall"
+        return GridCell(self.job.config.label, task, self.job.lr, self.job.seed, self.eval_steps,
+                        self.validation, self.test)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """The budget and the grid of one sweep: ``FULL_SWEEP`` (the chapter's) or ``TRIAL_SWEEP``
+    (a small one that tries the machinery in a few minutes)."""
+
+    steps: int = 1_500
+    eval_every: int = 50
+    warmup_steps: int = 150
+    lrs: tuple[float, ...] = GRID_LRS
+    seeds: tuple[int, ...] = HARNESS_SEEDS
+    warmup_depth: int = WARMUP_DEPTH
+    scaling_depths: tuple[int, ...] = SCALING_DEPTHS
+    variants: tuple[tuple[str, str], ...] = SCALING_VARIANTS
+
+    def __post_init__(self) -> None:
+        check_positive_int("steps", self.steps)
+        check_positive_int("eval_every", self.eval_every)
+        check_positive_int("warmup_steps", self.warmup_steps)
+        if self.steps % self.eval_every:
+            raise ValueError(
+                f"steps must be a multiple of eval_every, got {self.steps} and {self.eval_every}"
+            )
+        if not self.lrs or any(not (isinstance(v, float) and v > 0) for v in self.lrs):
+            raise ValueError(f"lrs must be one or more floats > 0, got {self.lrs!r}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct ints, at least one, got {self.seeds!r}")
+
+    def jobs(self, experiment: str = "all") -> list[RecallJob]:
+        """The runs of experiment ``"A"`` (warm-up), ``"B"`` (residual scaling) or ``"all"``
+        (both; a run the two share is listed once), the longest first (deepest, then by learning
+        rate and seed), so that worker processes finish together."""
+        check_choice("experiment", experiment, EXPERIMENTS)
+        groups: list[tuple[TransformerConfig, int]] = []
+        if experiment in ("A", "all"):
+            for norm in ("post", "pre"):
+                config = TransformerConfig(norm, depth=self.warmup_depth)
+                groups += [(config, 0), (config, self.warmup_steps)]
+        if experiment in ("B", "all"):
+            groups += [(TransformerConfig(n, r, depth=d), 0) for d in self.scaling_depths
+                       for n, r in self.variants]  # fmt: skip
+        unique = list(dict.fromkeys(groups))
+        jobs = [RecallJob(c, lr, s, w) for c, w in unique for lr in self.lrs for s in self.seeds]
+        return sorted(jobs, key=lambda j: -j.config.depth)
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "variants": [list(v) for v in self.variants]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> SweepSettings:
+        return cls(
+            steps=int(data["steps"]), eval_every=int(data["eval_every"]),
+            warmup_steps=int(data["warmup_steps"]), lrs=tuple(float(v) for v in data["lrs"]),
+            seeds=tuple(int(s) for s in data["seeds"]), warmup_depth=int(data["warmup_depth"]),
+            scaling_depths=tuple(int(d) for d in data["scaling_depths"]),
+            variants=tuple((str(n), str(r)) for n, r in data["variants"]),
+        )  # fmt: skip
+
+
+FULL_SWEEP = SweepSettings()
+"""The chapter's sweep: 1,500 updates, warm-up over 150, every rate of ``GRID_LRS``, seeds
+``HARNESS_SEEDS``, depth 6 for A, depths 6 and 24 for B (336 runs in all: 96 for A, 288 for B, 48
+of them shared)."""
+TRIAL_SWEEP = SweepSettings(
+    steps=300,
+    eval_every=50,
+    warmup_steps=30,
+    lrs=(GRID_LRS[2], GRID_LRS[4], GRID_LRS[6]),
+    seeds=(0, 1),
+    warmup_depth=2,
+    scaling_depths=(2, 4),
+)
+"""A small sweep that runs in a few CPU-minutes: 300 updates, three rates (4.6e-4, 1e-2, 0.22),
+two seeds, depth 2 for A, depths 2 and 4 for B. Too short for the task (no run reaches the
+threshold): it checks the machinery, not the claims."""
+
+
+@lru_cache(maxsize=1)
+def _splits_cached(offset_key: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    return {name: associative_recall(n, seed=seed) for name, (n, seed) in RECALL_SPLITS.items()}
+
+
+def recall_splits() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``{"train", "validation", "test"} -> (tokens, targets)`` of ``RECALL_SPLITS`` (cached; do not
+    modify the tensors)."""
+    from ._seed import seed_offset
+
+    return _splits_cached(seed_offset())
+
+
+class _Diverged(Exception):
+    def __init__(self, step: int):
+        super().__init__(step)
+        self.step = step
+
+
+class _DivergenceGuard(nn.Module):
+    """The model, with a check that the logits of every training minibatch are finite."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.updates = 0
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        logits = self.model(tokens)
+        if torch.is_grad_enabled():  # a training step (evaluations run under no_grad)
+            self.updates += 1
+            if not bool(torch.isfinite(logits).all()):
+                raise _Diverged(self.updates)
+        return logits
+
+
+def _accuracy(model: nn.Module, tokens: torch.Tensor, targets: torch.Tensor) -> float:
+    """The share of ``tokens`` whose largest logit is the target's; NaN where a logit is not finite
+    (weights that an overflowing gradient made non-finite)."""
+    with torch.no_grad():
+        logits = model(tokens)
+    if not bool(torch.isfinite(logits).all()):
+        return math.nan
+    return int((logits.argmax(1) == targets).sum()) / len(targets)
+
+
+def train_recall(
+    job: RecallJob, settings: SweepSettings = FULL_SWEEP, *, flush_denormal: bool = True
+) -> RecallRun:
+    """Train one run of the comparisons (see the module docstring) and return its record.
+
+    The model is ``job.config.build(job.seed)``, trained by ``vglib.train`` with Adam at
+    ``job.lr`` (warmed up linearly over ``job.warmup_steps`` updates where that is not 0) on the
+    training split, minibatches of ``RECALL_BATCH`` drawn with ``job.seed``, for
+    ``settings.steps`` updates, evaluated on the validation and test splits every
+    ``settings.eval_every``; it stops early only when its training loss becomes non-finite.
+    ``flush_denormal`` flushes subnormal floats to zero during the run (and switches that off
+    afterwards); the results depend on the thread count and the kernel path, not on the global
+    RNG.
+    """
+    if not isinstance(job, RecallJob):
+        raise TypeError(f"job must be a RecallJob, got {type(job).__name__}")
+    if not isinstance(settings, SweepSettings):
+        raise TypeError(f"settings must be a SweepSettings, got {type(settings).__name__}")
+    check_positive_int("warmup_steps", job.warmup_steps, minimum=0)
+    if not (isinstance(job.lr, float) and math.isfinite(job.lr) and job.lr > 0):
+        raise ValueError(f"lr must be a finite float > 0, got {job.lr!r}")
+    splits = recall_splits()
+    x, y = splits["train"]
+    x_val, y_val = splits["validation"]
+    x_test, y_test = splits["test"]
+    model = job.config.build(job.seed)
+    guard = _DivergenceGuard(model)
+    eval_steps, validation, test = [], [], []
+
+    def evaluate(step: int, _: nn.Module) -> None:
+        if step % settings.eval_every == 0:
+            eval_steps.append(step)
+            validation.append(_accuracy(model, x_val, y_val))
+            test.append(_accuracy(model, x_test, y_test))
+
+    diverged_at = None
+    start, cpu_start = time.perf_counter(), time.process_time()
+    if flush_denormal:
+        torch.set_flush_denormal(True)
+    try:
+        train(
+            guard, x, y, steps=settings.steps, lr=job.lr, batch_size=RECALL_BATCH, optimizer="adam",
+            seed=job.seed, warmup_steps=job.warmup_steps, callback=evaluate,
+            # train() evaluates its loss once at the end: on one sequence, as the curve is ours
+            x_eval=x_val[:1], y_eval=y_val[:1], eval_every=settings.steps,
+        )  # fmt: skip
+    except _Diverged as stop:
+        diverged_at = stop.step
+    finally:
+        if flush_denormal:
+            torch.set_flush_denormal(False)
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    all_steps = tuple(range(settings.eval_every, settings.steps + 1, settings.eval_every))
+    missing = len(all_steps) - len(eval_steps)
+    return RecallRun(
+        job, all_steps, tuple(validation) + (math.nan,) * missing, tuple(test) + (math.nan,) * missing,
+        diverged_at, round(seconds, 2), round(cpu_seconds, 2),
+    )  # fmt: skip
+
+
+def _train_job(args: tuple[RecallJob, SweepSettings]) -> RecallRun:
+    return train_recall(*args)
+
+
+def run_recall_jobs(
+    jobs: Sequence[RecallJob], settings: SweepSettings = FULL_SWEEP, processes: int | None = None
+) -> list[RecallRun]:
+    """``[train_recall(job, settings) for job in jobs]`` in ``processes`` worker processes
+    (``vglib.harness.map_in_processes``: the same bits in one process or several; each worker uses
+    the caller's torch thread count, so fix it first, e.g. ``vglib.seed_everything(0, threads=1)``).
+    From a script, call it under ``if __name__ == "__main__":``."""
+    return map_in_processes(_train_job, [(job, settings) for job in jobs], processes)
+
+
+# --- choosing, summarising ---------------------------------------------------------------------------------
+
+
+def _group(runs: Iterable[RecallRun], config: TransformerConfig, warmup_steps: int) -> list[RecallRun]:
+    chosen = [r for r in runs if r.job.config == config and r.job.warmup_steps == warmup_steps]
+    if not chosen:
+        raise ValueError(f"no runs of {config.label} with warmup_steps={warmup_steps}")
+    return chosen
+
+
+def choose_recall_lr(runs: Iterable[RecallRun], config: TransformerConfig, warmup_steps: int = 0) -> float:
+    """The learning rate ``vglib.grid.choose_lr`` chooses for one group (``config`` with
+    ``warmup_steps``): the best median final validation accuracy over the seeds, among the rates
+    at which no seed diverged (ties: the smaller rate)."""
+    return choose_lr((r.as_cell() for r in _group(runs, config, warmup_steps)), "accuracy")
+
+
+@dataclass(frozen=True)
+class RecallSummary:
+    """One group at its chosen learning rate: the final test accuracy (NaN where a seed diverged)
+    and the steps to ``threshold`` (inf where a seed never reached it), median and range over the
+    seeds; how many seeds trained and how many diverged."""
+
+    config: TransformerConfig
+    warmup_steps: int
+    lr: float
+    test: SeedSpread
+    steps: SeedSpread
+    trained: int
+    diverged: int
+    threshold: float = RECALL_THRESHOLD
+
+    @property
+    def seeds(self) -> int:
+        return len(self.test.seeds)
+
+
+def summarize_recall(
+    runs: Iterable[RecallRun],
+    config: TransformerConfig,
+    warmup_steps: int = 0,
+    threshold: float = RECALL_THRESHOLD,
+) -> RecallSummary:
+    """The summary of one group at the learning rate :func:`choose_recall_lr` picks."""
+    group = _group(runs, config, warmup_steps)
+    lr = choose_recall_lr(group, config, warmup_steps)
+    at = [r for r in group if r.job.lr == lr]
+    cells = [r.as_cell() for r in at]
+    test = SeedSpread(tuple(c.seed for c in sorted(cells, key=lambda c: c.seed)),
+                      tuple(c.final_test for c in sorted(cells, key=lambda c: c.seed)))  # fmt: skip
+    return RecallSummary(
+        config, warmup_steps, lr, test, steps_to(cells, lr, threshold, "accuracy"),
+        sum(r.trained(threshold) for r in at), sum(r.diverged for r in at), threshold,
+    )  # fmt: skip
+
+
+def spread_by_lr(
+    runs: Iterable[RecallRun], config: TransformerConfig, warmup_steps: int = 0
+) -> dict[float, SeedSpread]:
+    """``{lr: spread}``: the final test accuracy over the seeds (NaN where a seed diverged), for every
+    learning rate of one group, in increasing order: at which rates the group trains."""
+    group = _group(runs, config, warmup_steps)
+    out = {}
+    for lr in sorted({r.job.lr for r in group}):
+        at = sorted((r for r in group if r.job.lr == lr), key=lambda r: r.job.seed)
+        out[lr] = SeedSpread(tuple(r.job.seed for r in at), tuple(r.final_test for r in at))
+    return out
+
+
+def warmup_relation(
+    runs: Iterable[RecallRun], config: TransformerConfig, lr: float, warmup_steps: int
+) -> str:
+    """How the final test accuracies of ``config`` at ``lr`` *with* warm-up (``warmup_steps``)
+    stand to those without: ``"above"`` where every seed with warm-up beats every seed without,
+    ``"below"`` the reverse, ``"overlaps"`` otherwise (``SeedSpread.relation``). A diverged run
+    ranks below every finite accuracy. "Needs warm-up at this rate" is a claim only where this says
+    ``"above"`` and the runs with warm-up train."""
+    check_positive_int("warmup_steps", warmup_steps)
+    runs = list(runs)
+
+    def spread(w: int) -> SeedSpread:
+        at = spread_by_lr(runs, config, w).get(lr)
+        if at is None:
+            raise ValueError(f"no runs of {config.label} at lr {lr!r} with warmup_steps={w}")
+        return SeedSpread(at.seeds, tuple(v if math.isfinite(v) else -math.inf for v in at.values))
+
+    return spread(warmup_steps).relation(spread(0))
+
+
+# --- the results file --------------------------------------------------------------------------------------
+
+
+def _number(v: float) -> float | str:
+    return v if math.isfinite(v) else repr(v)
+
+
+def runs_to_json(runs: Iterable[RecallRun]) -> list[dict]:
+    """The runs as plain JSON-ready dicts, one per run: the configuration's fields, ``lr``,
+    ``seed``, ``warmup_steps``, ``eval_steps``, ``validation``, ``test`` (NaN as the string
+    ``"nan"``), ``diverged_at`` (null where it never diverged), ``seconds`` and ``cpu_seconds``."""
+    rows = []
+    for run in runs:
+        rows.append({
+            **asdict(run.job.config), "lr": run.job.lr, "seed": run.job.seed,
+            "warmup_steps": run.job.warmup_steps, "eval_steps": list(run.eval_steps),
+            "validation": [_number(v) for v in run.validation], "test": [_number(v) for v in run.test],
+            "diverged_at": run.diverged_at, "seconds": _number(run.seconds),
+            "cpu_seconds": _number(run.cpu_seconds),
+        })  # fmt: skip
+    return rows
+
+
+def runs_from_json(rows: Iterable[dict]) -> list[RecallRun]:
+    """The inverse of :func:`runs_to_json`."""
+    runs = []
+    for r in rows:
+        config = TransformerConfig(
+            r["norm"], r["residual"], int(r["depth"]), int(r["width"]), int(r["heads"])
+        )
+        job = RecallJob(config, float(r["lr"]), int(r["seed"]), int(r["warmup_steps"]))
+        diverged = r["diverged_at"]
+        runs.append(RecallRun(
+            job, tuple(int(s) for s in r["eval_steps"]), tuple(float(v) for v in r["validation"]),
+            tuple(float(v) for v in r["test"]), None if diverged is None else int(diverged),
+            float(r["seconds"]), float(r["cpu_seconds"]),
+        ))  # fmt: skip
+    return runs
+
+
+def save_recall_runs(
+    path: str | Path, runs: Iterable[RecallRun], settings: SweepSettings, meta: dict | None = None
+) -> None:
+    """Write ``{"meta": {...}, "settings": settings, "runs": [...]}`` to ``path`` as JSON. The meta
+    records the task's splits, batch, threshold, bag bound and chance beside anything passed in
+    ``meta`` (the CPU, the wall time)."""
+    fixed = {
+        "splits": {k: list(v) for k, v in RECALL_SPLITS.items()},
+        "batch": RECALL_BATCH,
+        "threshold": RECALL_THRESHOLD,
+        "bag_bound": recall_bag_accuracy(),
+        "chance": recall_chance(),
+        "optimizer": "adam",
+        "flush_denormal": True,
+    }
+    data = {"meta": {**fixed, **(meta or {})}, "settings": settings.to_json(), "runs": runs_to_json(runs)}
+    Path(path).write_text(json.dumps(data) + "\n")
+
+
+def load_recall_runs(path: str | Path) -> tuple[list[RecallRun], SweepSettings, dict]:
+    """``(runs, settings, meta)`` of a file :func:`save_recall_runs` wrote. A missing file raises
+    ``FileNotFoundError`` naming the script that writes it."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} is missing: write it with `ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2 "
+            "ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/transformer_training.py --write`"
+        )
+    data = json.loads(path.read_text())
+    return runs_from_json(data["runs"]), SweepSettings.from_json(data["settings"]), data["meta"]
