@@ -1,10 +1,12 @@
 """The committed transformer training comparisons (``benchmarks/results/transformer_training.json``,
 written by ``benchmarks/transformer_training.py --write`` on the pinned kernel path of
 ``vglib.records``, one thread per run) cover their sweep's runs once, and are what the code computes:
-one random recorded run of at most ``MAX_RECHECK_DEPTH`` blocks (a 6-block run of the full sweep
-takes 30-40 CPU-seconds) is re-run for its whole budget in a subprocess on the pinned path, and
-every validation and test accuracy at every evaluation, and the update at which it diverged, must be
-exactly the recorded ones.
+one random recorded group of at most ``MAX_RECHECK_DEPTH`` blocks (a configuration with a warm-up
+setting: every rate times every seed, trained as one batched ensemble as the sweep trains it) is
+re-run for its first ``PREFIX`` updates in a subprocess on the pinned path, and every run's
+validation and test accuracy at every evaluation up to there, and the update at which it diverged
+where that lies within them, must be exactly the recorded ones (the first updates of a group are
+those of its whole budget: the warm-up does not depend on the budget).
 
 The file is the full sweep (``FULL_SWEEP``) or, until that has been run, the small trial sweep
 (``TRIAL_SWEEP``, its meta says ``"trial": true``); either is checked against its own settings. A
@@ -33,7 +35,10 @@ from vglib.records import RECORDING_PATH, cpu_vendor
 ROOT = Path(__file__).resolve().parents[1]
 PATH = ROOT / tt.RESULTS_FILE
 MAX_RECHECK_DEPTH = 6
-"""The deepest model the re-run may draw (24 blocks take about 115 CPU-seconds for the full budget)."""
+"""The deepest group the re-run may draw."""
+PREFIX = 100
+"""Updates re-run (two evaluations; a 6-block group of the full sweep, 24 runs, takes about 35
+CPU-seconds for them)."""
 
 
 def recorded() -> tuple[list[tt.RecallRun], tt.SweepSettings, dict]:
@@ -41,8 +46,8 @@ def recorded() -> tuple[list[tt.RecallRun], tt.SweepSettings, dict]:
         pytest.fail(
             f"{tt.RESULTS_FILE} is missing: write it with "
             + " ".join(f"{k}={v}" for k, v in RECORDING_PATH.items())
-            + " python benchmarks/transformer_training.py --write (the full sweep, about 3 hours on 2 "
-            "processes) or ... --trial --write (the small trial sweep, a few minutes)"
+            + " python benchmarks/transformer_training.py --write (the full sweep) or ... --trial --write "
+            "(the small trial sweep, a few minutes)"
         )
     return tt.load_recall_runs(PATH)
 
@@ -78,33 +83,42 @@ RERUN = """
 import json, sys
 import vglib
 from vglib import transformer_training as tt
-vglib.seed_everything(0, threads=1)  # as benchmarks/transformer_training.py runs each job
+vglib.seed_everything(0, threads=1)  # as benchmarks/transformer_training.py runs each group
 row, settings = json.loads(sys.argv[1]), tt.SweepSettings.from_json(json.loads(sys.argv[2]))
 job = tt.runs_from_json([row])[0].job
-print(json.dumps(tt.runs_to_json([tt.train_recall(job, settings)])))
+runs = tt.train_recall_group(job.config, job.warmup_steps, settings, steps=int(sys.argv[3]))
+print(json.dumps(tt.runs_to_json(runs)))
 """
 
 
-def test_a_random_run_reproduces_exactly_on_the_pinned_path():
+def test_a_random_group_reproduces_its_first_updates_exactly_on_the_pinned_path():
     runs, settings, meta = recorded()
     vendor = meta["cpu"]["vendor"]
     if not pinned_path_available(vendor):
         pytest.skip(f"written on a {vendor} CPU with AVX2; this CPU ({cpu_vendor()}) differs or lacks AVX2, "
                     "so its pinned path need not give the same bits")  # fmt: skip
     draw_seed = os.environ.get("VGLIB_RECHECK_SEED") or datetime.date.today().isoformat()
-    candidates = [r for r in runs if r.job.config.depth <= MAX_RECHECK_DEPTH]
-    old = random.Random(draw_seed).choice(candidates)
-    print(f"re-running {old.job} (drawn with VGLIB_RECHECK_SEED={draw_seed!r})")
+    groups = [g for g in settings.groups("all") if g[0].depth <= MAX_RECHECK_DEPTH]
+    config, warmup = random.Random(draw_seed).choice(groups)
+    print(f"re-running the first {PREFIX} updates of {config.label}, warm-up {warmup} "
+          f"(drawn with VGLIB_RECHECK_SEED={draw_seed!r})")  # fmt: skip
+    recorded_group = {r.job: r for r in runs if r.job.config == config and r.job.warmup_steps == warmup}
+    prefix = min(PREFIX, settings.steps)
     env = {**os.environ, **RECORDING_PATH, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     env.pop("VGLIB_SEED_OFFSET", None)
-    row = json.dumps(tt.runs_to_json([old])[0])
-    command = [sys.executable, "-c", RERUN, row, json.dumps(settings.to_json())]
+    row = json.dumps(tt.runs_to_json([next(iter(recorded_group.values()))])[0])
+    command = [sys.executable, "-c", RERUN, row, json.dumps(settings.to_json()), str(prefix)]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    fresh = tt.runs_from_json(json.loads(result.stdout))[0]
-    where = (draw_seed, old.job)
-    assert fresh.job == old.job and fresh.eval_steps == old.eval_steps, where
-    assert fresh.diverged_at == old.diverged_at, (*where, fresh.diverged_at, old.diverged_at)
-    for new, was in ((fresh.validation, old.validation), (fresh.test, old.test)):
-        same = [a == b or (math.isnan(a) and math.isnan(b)) for a, b in zip(new, was, strict=True)]
-        assert all(same), (*where, new, was)
+    fresh_group = tt.runs_from_json(json.loads(result.stdout))
+    assert {r.job for r in fresh_group} == set(recorded_group)
+    for fresh in fresh_group:
+        old = recorded_group[fresh.job]
+        n = len(fresh.eval_steps)
+        where = (draw_seed, old.job)
+        assert fresh.eval_steps == old.eval_steps[:n] and fresh.eval_steps[-1] == prefix, where
+        was_within = old.diverged_at if old.diverged_at is not None and old.diverged_at <= prefix else None
+        assert fresh.diverged_at == was_within, (*where, fresh.diverged_at, old.diverged_at)
+        for new, was in ((fresh.validation, old.validation[:n]), (fresh.test, old.test[:n])):
+            same = [a == b or (math.isnan(a) and math.isnan(b)) for a, b in zip(new, was, strict=True)]
+            assert all(same), (*where, new, was)

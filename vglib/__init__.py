@@ -10,12 +10,14 @@ from ._seed import SeedSpread, over_seeds, seed_everything, seed_offset, shifted
 from .activations import ACTIVATIONS, Activation, activation_derivative, get_activation
 from .attention import (
     BLOCK_WEIGHTS,
+    TRANSFORMER_ARCHITECTURES,
     AttentionStatistics,
     SoftmaxSaturation,
     TransformerProfile,
     attention_statistics,
     output_change,
     softmax_saturation,
+    stream_frame,
     token_uniformity,
     transformer_profile,
 )
@@ -100,6 +102,7 @@ from .plots import (
     plot_gradient_profile,
     plot_harness_results,
     plot_histograms_over_training,
+    plot_norm_placement,
     plot_order_to_chaos,
     plot_phase_diagram,
     plot_remedies,
@@ -187,6 +190,7 @@ from .transformer_training import (
     load_recall_runs,
     summarize_recall,
     train_recall,
+    train_recall_group,
 )
 from .transformers import (
     NORM_PLACEMENTS,
@@ -227,6 +231,7 @@ __all__ = [
     "SKIPS",
     "STATES",
     "TASKS",
+    "TRANSFORMER_ARCHITECTURES",
     "UNDERFLOW_FLOOR",
     "Activation",
     "AttentionStatistics",
@@ -360,6 +365,7 @@ __all__ = [
     "plot_gradient_profile",
     "plot_harness_results",
     "plot_histograms_over_training",
+    "plot_norm_placement",
     "plot_order_to_chaos",
     "plot_phase_diagram",
     "plot_remedies",
@@ -397,6 +403,7 @@ __all__ = [
     "softmax_saturation",
     "spectral_spread",
     "state_gradient_by_lag",
+    "stream_frame",
     "stream_profile",
     "success_table",
     "summarize_recall",
@@ -410,6 +417,7 @@ __all__ = [
     "train_deep_linear",
     "train_ensemble",
     "train_recall",
+    "train_recall_group",
     "train_with_lag_probes",
     "trainable_depths",
     "transformer_profile",

@@ -32,12 +32,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BLOCK_WEIGHTS",
+    "TRANSFORMER_ARCHITECTURES",
     "AttentionStatistics",
     "SoftmaxSaturation",
     "TransformerProfile",
     "attention_statistics",
     "output_change",
     "softmax_saturation",
+    "stream_frame",
     "token_uniformity",
     "transformer_profile",
 ]
@@ -611,3 +613,46 @@ def output_change(
         moved, _ = _stream_inputs(twin, tokens)
         ratios.append(float((moved[-1] - base).pow(2).sum()) / base_square)
     return float(np.mean(ratios))
+
+
+# --- the explorer's frames -----------------------------------------------------------------------------
+
+TRANSFORMER_ARCHITECTURES: dict[str, tuple[str, str]] = {
+    "pre-LN": ("pre", "plain"),
+    "pre-LN + ReZero": ("pre", "rezero"),
+    "pre-LN + LayerScale": ("pre", "layerscale"),
+    "post-LN": ("post", "plain"),
+    "post-LN + DeepNorm": ("post", "deepnorm"),
+    "post-LN + ReZero": ("post", "rezero"),
+    "post-LN + LayerScale": ("post", "layerscale"),
+    "no norm": ("none", "plain"),
+    "no norm + ReZero": ("none", "rezero"),
+    "no norm + LayerScale": ("none", "layerscale"),
+    "no norm + T-Fixup": ("none", "tfixup"),
+}
+"""Every valid ``(norm, residual)`` combination of :func:`~vglib.transformers.build_transformer`,
+under a readable label (the transformers chapter's explorer offers them in this order)."""
+
+
+def stream_frame(
+    architecture: str, depth: int, tokens: torch.Tensor, targets: torch.Tensor, *, seed: int = 0
+) -> tuple[str, list[np.ndarray]]:
+    """One explorer frame: the residual stream of ``build_transformer(depth, norm=..., residual=...,
+    seed=seed)`` at initialisation, for the :data:`TRANSFORMER_ARCHITECTURES` label ``architecture``.
+
+    Returns ``(title, [grad_norms, rms])``: ``||dL/dx_l||`` at the ``depth + 1`` stream points
+    (:func:`transformer_profile`) and the stream's root-mean-square token norm
+    ``sqrt(mean_squares)``; the title gives ``||dL/dx_0|| / ||dL/dx_L||``. A frame function for
+    :func:`~vglib.widgets.curve_explorer`.
+    """
+    if architecture not in TRANSFORMER_ARCHITECTURES:
+        choices = ", ".join(repr(a) for a in TRANSFORMER_ARCHITECTURES)
+        raise ValueError(f"architecture must be one of {choices}; got {architecture!r}")
+    check_positive_int("depth", depth)
+    norm, residual = TRANSFORMER_ARCHITECTURES[architecture]
+    from .transformers import build_transformer
+
+    model = build_transformer(depth, norm=norm, residual=residual, seed=seed)
+    profile = transformer_profile(model, tokens, targets)
+    title = f"{architecture}, depth {depth}: ‖∂L/∂x_0‖ / ‖∂L/∂x_L‖ = {profile.first_to_last():.2g}"
+    return title, [profile.grad_norms, np.sqrt(profile.mean_squares)]

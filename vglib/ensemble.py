@@ -18,6 +18,24 @@ follows the run ``train(build(seed), x, y, lr=lr, seed=seed, ...)`` up to floati
 in another order). Batch norm keeps running statistics per member; evaluation runs as ``train``
 evaluates (in eval mode by default, on the running statistics; with ``eval_mode=False`` in
 training mode), on a copy of the buffers, so held-out data never enters them.
+
+``warmup_steps`` warms every member's learning rate up linearly as ``vglib.train`` does (update
+``s = 1, 2, ...`` uses ``lr * min(1, s / warmup_steps)``, the product taken in float64 as
+``torch.optim.lr_scheduler.LambdaLR`` takes it in Python floats). The members may take integer
+inputs (token ids): a model whose forward checks their values with a Python ``int(...)`` (as
+``vglib.Transformer.embed`` checks the id range) cannot run under ``vmap``, so such a model must
+skip that check inside the batched pass (``vglib.transformer_training`` builds its members so).
+
+**Divergence.** ``EnsembleRun.diverged_at[k]`` is the first update (1, 2, ...) at which member
+``k``'s training outputs or training loss were not all finite (``None``: never). The members'
+arithmetic is independent (batched products, per-member sums and clipping, element-wise updates),
+so a diverged member never touches the others: it keeps training on its non-finite weights, which
+costs nothing extra and changes no other member's bits. With ``stop_at_divergence=True`` its
+results are NaN from that update on (its training losses from that update, its held-out losses and
+accuracies at every evaluation at or after it), as if it had stopped there, which is what a run
+that stops at its first non-finite loss records; its final weights (``model(k)``) are the
+non-finite ones it reached, not those before the divergence. With the default ``False`` the
+numbers are left as computed (the MLP grid's behaviour).
 """
 
 from __future__ import annotations
@@ -63,6 +81,7 @@ class EnsembleRun:
     test_accuracy: np.ndarray | None
     _build: Callable[[int], nn.Module]
     _state: dict[str, torch.Tensor]
+    diverged_at: tuple[int | None, ...] = ()
 
     def history(self, k: int) -> TrainingHistory:
         """Member ``k``'s run as ``vglib.train`` returns it (without a monitor)."""
@@ -145,10 +164,15 @@ def train_ensemble(
     x_test: torch.Tensor | None = None,
     y_test: torch.Tensor | None = None,
     eval_mode: bool = True,
+    warmup_steps: int = 0,
+    stop_at_divergence: bool = False,
 ) -> EnsembleRun:
     """Train one network per member ``(seed, lr)``, all built by ``build(seed)``, together (see
-    the module docstring); the arguments mean what they mean for ``vglib.train`` (``eval_mode``
-    too), and ``(x_test, y_test)``, if given, is a second held-out set evaluated at the same steps."""
+    the module docstring); the arguments mean what they mean for ``vglib.train`` (``eval_mode`` and
+    ``warmup_steps`` too), and ``(x_test, y_test)``, if given, is a second held-out set evaluated at
+    the same steps. ``stop_at_divergence`` makes a member's results NaN from the update at which its
+    training outputs or loss first became non-finite (``EnsembleRun.diverged_at``; see the module
+    docstring)."""
     if not callable(build):
         raise TypeError(f"build must be a function of the seed that returns an nn.Module, got {build!r}")
     members = _check_members(members)
@@ -156,6 +180,9 @@ def train_ensemble(
     check_positive_int("batch_size", batch_size)
     check_positive_int("eval_every", eval_every)
     check_choice("optimizer", optimizer, OPTIMIZERS)
+    check_positive_int("warmup_steps", warmup_steps, minimum=0)
+    if not isinstance(stop_at_divergence, bool):
+        raise TypeError(f"stop_at_divergence must be True or False, got {stop_at_divergence!r}")
     for name, value in (("clip_norm", clip_norm), ("clip_value", clip_value)):
         if value is not None and not value > 0:
             raise ValueError(f"{name} must be > 0 or None, got {value!r}")
@@ -176,8 +203,11 @@ def train_ensemble(
     evaluated = copy.deepcopy(base).eval() if eval_mode else base  # the mode held-out data sees
     del models
 
-    def member_loss(p: dict, b: dict, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        return loss_fn(functional_call(base, (p, b), (xb,)), yb)
+    def member_loss(
+        p: dict, b: dict, xb: torch.Tensor, yb: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        out = functional_call(base, (p, b), (xb,))
+        return loss_fn(out, yb), torch.isfinite(out).all()
 
     def member_output(p: dict, b: dict, xb: torch.Tensor) -> torch.Tensor:
         return functional_call(evaluated, (p, b), (xb,))
@@ -196,13 +226,14 @@ def train_ensemble(
     curves: dict[str, tuple[list, list]] = {name: ([], []) for name in held_out}
     losses, eval_steps = [], []
     classes = not y.is_floating_point()
+    diverged_at: list[int | None] = [None] * k
 
     with torch_seed(members[0][0]):  # dropout and the like draw from here
         for step in range(steps):
             index = torch.stack([torch.randint(0, len(x), (size,), generator=g) for g in generators])
             for p in weights:
                 p.grad = None
-            loss = batched_loss(params, buffers, x[index], y[index])
+            loss, finite = batched_loss(params, buffers, x[index], y[index])
             loss.sum().backward()
             with torch.no_grad():
                 grads = [p.grad for p in weights]
@@ -214,8 +245,14 @@ def train_ensemble(
                 if clip_value is not None:
                     for g in grads:
                         g.clamp_(-clip_value, clip_value)
-                _update(weights, grads, state, lr64, step + 1, optimizer, momentum)
+                # the warm-up factor of update step + 1, as vglib.train's LambdaLR (float64 product)
+                lr_now = lr64 * min(1.0, (step + 1) / warmup_steps) if warmup_steps else lr64
+                _update(weights, grads, state, lr_now, step + 1, optimizer, momentum)
             losses.append(loss.detach().tolist())
+            bad = (~finite | ~torch.isfinite(loss.detach())).tolist()
+            for i in range(k):
+                if bad[i] and diverged_at[i] is None:
+                    diverged_at[i] = step + 1
             if (step + 1) % eval_every == 0 or step == steps - 1:
                 eval_steps.append(step + 1)
                 for name, (xs, ys) in held_out.items():
@@ -225,15 +262,25 @@ def train_ensemble(
                         if classes:
                             curves[name][1].append(_accuracy(out, ys).tolist())
     final = {name: t.detach().clone() for name, t in {**params, **buffers}.items()}
+    stopped = [d if stop_at_divergence else None for d in diverged_at]
+    evaluated_at = np.array(eval_steps)
 
     def curve(name: str, which: int) -> np.ndarray | None:
         if name not in curves or (which == 1 and not classes):
             return None
-        return np.array(curves[name][which]).T
+        values = np.array(curves[name][which]).T
+        for i, d in enumerate(stopped):
+            if d is not None:
+                values[i, evaluated_at >= d] = math.nan
+        return values
 
+    loss_curves = np.array(losses).T
+    for i, d in enumerate(stopped):
+        if d is not None:
+            loss_curves[i, d - 1 :] = math.nan
     return EnsembleRun(
         members=members,
-        loss=np.array(losses).T,
+        loss=loss_curves,
         eval_steps=np.array(eval_steps),
         eval_loss=curve("eval", 0),  # type: ignore[arg-type]
         eval_accuracy=curve("eval", 1),
@@ -241,6 +288,7 @@ def train_ensemble(
         test_accuracy=curve("test", 1),
         _build=build,
         _state=final,
+        diverged_at=tuple(diverged_at),
     )
 
 

@@ -44,6 +44,7 @@ __all__ = [
     "plot_gradient_heatmap",
     "plot_gradient_profile",
     "plot_harness_results",
+    "plot_norm_placement",
     "plot_histograms_over_training",
     "plot_order_to_chaos",
     "plot_phase_diagram",
@@ -826,4 +827,44 @@ def plot_trainable_depth(
     ax.yaxis.set_minor_locator(NullLocator())
     ax.set(xlabel=r"$\sigma_w^2$", ylabel="depth (hidden layers)", title="trainable depth: tanh, digits")
     ax.legend(fontsize=8, framealpha=1.0, loc="upper right")
+    return fig
+
+
+def plot_norm_placement(
+    mean_squares: Mapping[str, np.ndarray],
+    band: tuple[np.ndarray, np.ndarray],
+    depths: Sequence[int],
+    last_grads: Mapping[str, np.ndarray],
+) -> Figure:
+    """Xiong et al. 2020's Lemma 2 and Theorem 1 in miniature, side by side.
+
+    Left: ``mean_squares[label]`` (the stream's ``E||x_l||^2 / d`` at stream points ``0 .. L``)
+    against ``l``, with the band ``(low, high)`` shaded (arrays over the same points). Right: for
+    each label an array ``(seeds, len(depths))`` of the last block's gradient norm, drawn as the
+    median over seeds with the range as error bars, on log-log axes, against ``depths``.
+    """
+    low, high = (np.asarray(b, dtype=np.float64) for b in band)
+    fig, (left, right) = panels(2, width=8.6, height=3.4)
+    for i, (label, values) in enumerate(mean_squares.items()):
+        values = np.asarray(values, dtype=np.float64)
+        left.plot(
+            np.arange(len(values)), values, color=OKABE_ITO[i % 7], marker="o", markersize=2.5, label=label
+        )
+    left.fill_between(np.arange(len(low)), low, high, color="0.85", label="Lemma 2's band (pre-LN)")
+    left.set(
+        xlabel="stream point l (0 = embedding)", ylabel="E‖x_l‖² / d", title="the stream's size (Lemma 2)"
+    )
+    left.legend(fontsize=8, framealpha=1.0)
+    x = np.asarray(depths, dtype=np.float64)
+    for i, (label, runs) in enumerate(last_grads.items()):
+        runs = np.asarray(runs, dtype=np.float64)
+        median = np.median(runs, axis=0)
+        spread = np.stack([median - runs.min(axis=0), runs.max(axis=0) - median])
+        right.errorbar(
+            x, median, yerr=spread, color=OKABE_ITO[i % 7], marker="o", markersize=3, capsize=3, label=label
+        )
+    right.set(xscale="log", yscale="log", xlabel="depth L (blocks)", ylabel="‖∂L/∂W²‖ of the last block")
+    right.set_title("the last FFN weight's gradient (Theorem 1)")
+    right.set_xticks(x, [str(int(d)) for d in x])
+    right.legend(fontsize=8, framealpha=1.0)
     return fig

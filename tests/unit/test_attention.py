@@ -429,3 +429,41 @@ def test_bad_input_names_the_valid_choices():
         vg.output_change(model, tokens, delta=0.1, samples=0)
     with pytest.raises(ValueError, match="seed must be a non-negative int"):
         vg.output_change(model, tokens, delta=0.1, seed=-1)
+
+
+# --- the explorer's frames and the norm-placement figure ----------------------------------------------------
+
+
+def test_architectures_are_every_valid_combination_and_frames_match_a_direct_profile():
+    valid = {(n, r) for n in vg.NORM_PLACEMENTS for r in vg.RESIDUAL_SCALINGS}
+    valid -= {(n, "deepnorm") for n in ("pre", "none")} | {(n, "tfixup") for n in ("pre", "post")}
+    assert set(vg.TRANSFORMER_ARCHITECTURES.values()) == valid and len(vg.TRANSFORMER_ARCHITECTURES) == 11
+    tokens, targets = _batch()
+    for label, (norm, residual) in vg.TRANSFORMER_ARCHITECTURES.items():
+        title, (grads, rms) = vg.stream_frame(label, 3, tokens, targets, seed=1)
+        model = vg.build_transformer(3, norm=norm, residual=residual, seed=1)
+        reference = copy.deepcopy(model).double()
+        with torch.no_grad():
+            stream = _stream_by_hand(reference, tokens)
+        squares = [float(x.pow(2).sum(-1).mean()) for x in stream]
+        np.testing.assert_allclose(rms, np.sqrt(squares), rtol=1e-12)
+        profile = vg.transformer_profile(model, tokens, targets)
+        np.testing.assert_array_equal(grads, profile.grad_norms)
+        assert title.startswith(f"{label}, depth 3") and f"{profile.first_to_last():.2g}" in title
+
+
+def test_stream_frame_bad_input_names_the_choices():
+    tokens, targets = _batch()
+    with pytest.raises(ValueError, match="pre-LN \\+ ReZero"):
+        vg.stream_frame("pre-LN + DeepNorm", 3, tokens, targets)
+    with pytest.raises(ValueError, match="depth"):
+        vg.stream_frame("pre-LN", 0, tokens, targets)
+
+
+def test_plot_norm_placement_draws_medians_and_the_band():
+    band = (np.arange(4.0), np.arange(4.0) + 2)
+    runs = np.array([[1.0, 0.5], [2.0, 0.25], [3.0, 1.0]])
+    fig = vg.plot_norm_placement({"pre-LN": np.arange(4.0) + 1}, band, (6, 48), {"pre-LN": runs})
+    left, right = fig.axes
+    np.testing.assert_array_equal(left.lines[0].get_ydata(), np.arange(4.0) + 1)
+    np.testing.assert_array_equal(right.lines[0].get_ydata(), [2.0, 0.5])  # the medians over the seeds

@@ -146,3 +146,53 @@ def test_a_diverged_member_scores_nan_accuracy_not_the_share_of_class_zero():
     run = train_ensemble(build, x, y, members=[(0, 0.05), (1, 1e30)], steps=5, optimizer="sgd", eval_every=5)
     assert 0.0 <= run.eval_accuracy[0, -1] <= 1.0  # the sane member is scored
     assert np.isnan(run.eval_accuracy[1, -1])  # the diverged one is flagged, not scored as class 0
+
+
+def test_warmed_up_members_follow_their_warmed_up_single_runs(data):
+    # vglib.train's linear warm-up: update s uses lr * min(1, s / 5), for each member's own lr
+    run = together(plain, data, "adam", warmup_steps=5)
+    assert_same_runs(run, one_by_one(plain, data, "adam", warmup_steps=5))
+    assert run.diverged_at == (None, None, None)
+    # and the warm-up matters: without it the first losses differ by far more than rounding
+    assert np.abs(run.loss[:, 1:5] - together(plain, data, "adam").loss[:, 1:5]).max() > 1e-3
+
+
+def _two_members(stop: bool):
+    x = torch.randn(200, 8, generator=torch.Generator().manual_seed(0))
+    y = (x[:, 0] > 0).long()
+    build = lambda seed: nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))  # noqa: E731
+    return train_ensemble(build, x, y, members=[(0, 0.05), (1, 1e30)], steps=12, optimizer="sgd",
+                          eval_every=3, stop_at_divergence=stop)  # fmt: skip
+
+
+def test_a_diverged_member_is_marked_and_nan_from_then_on_without_disturbing_the_others():
+    kept, stopped = _two_members(False), _two_members(True)
+    d = stopped.diverged_at[1]
+    assert stopped.diverged_at == kept.diverged_at and stopped.diverged_at[0] is None
+    # diverged_at is the first update whose training loss was not finite (the losses as computed)
+    assert d == int(np.argmax(~np.isfinite(kept.loss[1]))) + 1 and 1 < d <= 12
+    assert np.isfinite(kept.loss[1, : d - 1]).all()
+    # stopped: NaN from that update on, every evaluation at or after it NaN, nothing before touched
+    assert np.isnan(stopped.loss[1, d - 1 :]).all()
+    np.testing.assert_array_equal(stopped.loss[1, : d - 1], kept.loss[1, : d - 1])
+    after = stopped.eval_steps >= d
+    for name in ("eval_loss", "eval_accuracy"):
+        assert np.isnan(getattr(stopped, name)[1, after]).all()
+        np.testing.assert_array_equal(getattr(stopped, name)[1, ~after], getattr(kept, name)[1, ~after])
+    # the sane member is the same whatever its partner did, and the same as trained alone
+    for name in ("loss", "eval_loss", "eval_accuracy"):
+        np.testing.assert_array_equal(getattr(stopped, name)[0], getattr(kept, name)[0])
+    x = torch.randn(200, 8, generator=torch.Generator().manual_seed(0))
+    build = lambda seed: nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))  # noqa: E731
+    alone = train_ensemble(build, x, (x[:, 0] > 0).long(), members=[(0, 0.05)], steps=12,
+                           optimizer="sgd", eval_every=3, stop_at_divergence=True)  # fmt: skip
+    np.testing.assert_allclose(alone.loss[0], stopped.loss[0], rtol=1e-6)
+    assert alone.diverged_at == (None,)
+
+
+def test_warmup_and_divergence_arguments_are_checked():
+    x, y = vglib.teacher_student(32, seed=0)
+    with pytest.raises(ValueError, match="warmup_steps must be an int >= 0"):
+        train_ensemble(plain, x, y, members=MEMBERS, steps=2, warmup_steps=-1)
+    with pytest.raises(TypeError, match="stop_at_divergence must be True or False"):
+        train_ensemble(plain, x, y, members=MEMBERS, steps=2, stop_at_divergence=1)

@@ -1,8 +1,11 @@
-"""vglib.transformer_training: one run against a hand-written loop, divergence, the lr choice on a
+"""vglib.transformer_training: one run against a hand-written loop, a batched group against its runs
+alone (vglib.train), divergence, the lr choice on a
 hand-made table, the summaries, the JSON round trip, the experiments' job lists, bad input."""
 
 import math
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -184,3 +187,93 @@ def test_bad_input_names_the_valid_choices():
         tt.train_recall((tt.TransformerConfig("pre"), 1e-3, 0))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="lr must be"):
         tt.train_recall(tt.RecallJob(tt.TransformerConfig("pre"), -1.0, 0), TINY)
+
+
+# --- the batched groups ------------------------------------------------------------------------------------
+
+GROUP = tt.SweepSettings(steps=20, eval_every=10, warmup_steps=5, lrs=(1e-3, 1e-2), seeds=(0, 2),
+                         warmup_depth=2, scaling_depths=(2,))  # fmt: skip
+
+
+@pytest.mark.parametrize(("norm", "residual"), [("post", "plain"), ("pre", "layerscale"), ("none", "rezero")])
+def test_each_member_of_a_group_follows_vglib_train(norm, residual):
+    # train_ensemble with warm-up, on LongTensor tokens and class targets, against vglib.train alone.
+    # The training losses agree to float32 rounding (measured: 5e-7 absolute, 2e-7 relative, over 20
+    # Adam updates). So do all weights (measured: at most 7e-7) except the attention's key biases:
+    # adding b_k to the keys adds q.b_k to every logit of a query's row, which the softmax ignores, so
+    # their gradient is exactly 0 in exact arithmetic and rounding noise in float32, which Adam scales
+    # up to steps of +-lr (measured differences up to lr); they change no output.
+    from vglib.ensemble import train_ensemble
+
+    config = tt.TransformerConfig(norm, residual, depth=2)
+    x, y = tt.recall_splits()["train"]
+    members = [(s, lr) for lr in GROUP.lrs for s in GROUP.seeds]
+    run = train_ensemble(tt._batchable_builder(config), x, y, members=members, steps=20, optimizer="adam",
+                         warmup_steps=5, x_eval=x[:64], y_eval=y[:64], eval_every=10)  # fmt: skip
+    for k, (seed, lr) in enumerate(members):
+        model = config.build(seed)
+        history = vg.train(model, x, y, steps=20, lr=lr, batch_size=64, optimizer="adam", seed=seed,
+                           warmup_steps=5, x_eval=x[:64], y_eval=y[:64], eval_every=10)  # fmt: skip
+        np.testing.assert_allclose(run.loss[k], history.loss, rtol=2e-6, atol=0)
+        trained = run.model(k).state_dict()
+        assert type(run.model(k)) is tt._BatchableTransformer
+        for name, value in model.state_dict().items():
+            if not name.endswith("attention.k.bias"):
+                torch.testing.assert_close(trained[name], value, atol=1e-5, rtol=1e-5, msg=name)
+    assert np.abs(run.loss[0] - run.loss[2]).max() > 1e-3  # the members differ: agreement is not trivial
+
+
+def test_a_group_records_what_its_runs_record_one_by_one():
+    config = tt.TransformerConfig("post", depth=2)
+    runs = tt.train_recall_group(config, 5, GROUP)
+    assert [r.job for r in runs] == [tt.RecallJob(config, lr, s, 5) for lr in GROUP.lrs for s in GROUP.seeds]
+    assert [r.job for r in runs] == [j for j in GROUP.jobs("A") if j.config == config and j.warmup_steps]
+    for run in runs:
+        alone = tt.train_recall(run.job, GROUP)
+        assert run.eval_steps == alone.eval_steps == (10, 20) and not run.diverged
+        # exact fractions k / 1000, as train_recall's; equal up to a sequence or two whose largest
+        # logit a rounding difference may flip (here: equal)
+        assert all(v * 1000 == round(v * 1000) for v in (*run.validation, *run.test))
+        assert run.validation == pytest.approx(alone.validation, abs=0.002)
+        assert run.test == pytest.approx(alone.test, abs=0.002)
+        assert run.seconds > 0 and run.cpu_seconds > 0
+    prefix = tt.train_recall_group(config, 5, GROUP, steps=10)  # the first updates of the same group
+    assert [(r.eval_steps, r.validation, r.test) for r in prefix] == [
+        ((10,), r.validation[:1], r.test[:1]) for r in runs
+    ]
+    tiny = torch.tensor([1e-40], dtype=torch.float32)
+    assert float(tiny * 1.0) > 0  # denormals are back on after the group
+
+
+def test_a_diverged_member_of_a_group_is_nan_from_its_divergence_and_leaves_the_others_alone():
+    settings = tt.SweepSettings(steps=30, eval_every=3, warmup_steps=1, lrs=(1e-3, 1e6), seeds=(0,))
+    config = tt.TransformerConfig("none", depth=2)
+    sane, wild = tt.train_recall_group(config, 0, settings)
+    alone = tt.train_recall(wild.job, settings)
+    assert not sane.diverged and all(math.isfinite(v) for v in (*sane.validation, *sane.test))
+    assert sane.validation == tt.train_recall_group(config, 0, replace(settings, lrs=(1e-3,)))[0].validation
+    # the update at which the logits overflow: weights near 1e38 after two updates at lr 1e6, where
+    # rounding decides whether a logit overflows at this update or the next
+    assert wild.diverged and alone.diverged and abs(wild.diverged_at - alone.diverged_at) <= 1
+    assert all(
+        math.isnan(v) for s, v in zip(wild.eval_steps, wild.test, strict=True) if s >= wild.diverged_at
+    )
+    assert not wild.trained()
+
+
+def test_groups_list_the_sweeps_runs_once():
+    full = tt.FULL_SWEEP
+    groups = full.groups("all")
+    assert len(groups) == len(set(groups)) == 14 and [c.depth for c, _ in groups][:6] == [24] * 6
+    assert len(full.groups("A")) == 4 and len(full.groups("B")) == 12
+    assert set(full.jobs("all")) == {tt.RecallJob(c, lr, s, w) for c, w in groups for lr in full.lrs
+                                     for s in full.seeds}  # fmt: skip
+
+
+def test_bad_group_input_names_the_valid_choices():
+    with pytest.raises(TypeError, match="TransformerConfig"):
+        tt.train_recall_group("pre", 0, GROUP)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="multiple of eval_every"):
+        tt.train_recall_group(tt.TransformerConfig("pre", depth=1), 0, GROUP, steps=15)
+    with pytest.raises(ValueError, match="warmup_steps must be an int >= 0"):
+        tt.train_recall_group(tt.TransformerConfig("pre", depth=1), -1, GROUP)
