@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 
 from vglib import trainability as tr
-from vglib.records import RECORDING_PATH, cpu_vendor
+from vglib.records import RECORDING_PATH, cpu_vendor, pinned_path_available
 
 ROOT = Path(__file__).resolve().parents[1]
 FILE = json.loads((ROOT / tr.RESULTS_FILE).read_text())
@@ -66,16 +66,6 @@ def test_the_file_covers_the_whole_sweep_once_on_the_pinned_path():
     assert len(keys) == len(set(keys)) and set(keys) == expected
     evaluations = tr.TRAINABILITY_STEPS // tr.TRAINABILITY_EVAL_EVERY
     assert all(len(c.accuracy) == evaluations for c in CELLS)
-
-
-def pinned_path_available(vendor: str) -> bool:
-    """A CPU of the file's vendor on which PyTorch runs its AVX2 kernels under the pinned environment."""
-    if cpu_vendor() != vendor:
-        return False
-    code = "import torch; print(torch.backends.cpu.get_cpu_capability())"
-    env = {**os.environ, **RECORDING_PATH}
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    return result.stdout.strip() == "AVX2"
 
 
 RERUN = """

@@ -30,7 +30,7 @@ import pytest
 
 from vglib import recall_bag_accuracy
 from vglib import transformer_training as tt
-from vglib.records import RECORDING_PATH, cpu_vendor
+from vglib.records import RECORDING_PATH, cpu_vendor, pinned_path_available
 
 ROOT = Path(__file__).resolve().parents[1]
 PATH = ROOT / tt.RESULTS_FILE
@@ -67,16 +67,6 @@ def test_the_file_covers_its_sweep_once_on_the_pinned_path():
     assert all(r.eval_steps == steps for r in runs)
     for r in runs:  # diverged runs are NaN from their divergence on, and only they are NaN at the end
         assert r.diverged == math.isnan(r.final_test) == math.isnan(r.final_validation), r.job
-
-
-def pinned_path_available(vendor: str) -> bool:
-    """A CPU of the file's vendor on which PyTorch runs its AVX2 kernels under the pinned environment."""
-    if cpu_vendor() != vendor:
-        return False
-    code = "import torch; print(torch.backends.cpu.get_cpu_capability())"
-    env = {**os.environ, **RECORDING_PATH}
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    return result.stdout.strip() == "AVX2"
 
 
 RERUN = """

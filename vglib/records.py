@@ -47,6 +47,8 @@ import hashlib
 import json
 import math
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -72,6 +74,7 @@ __all__ = [
     "cpu_vendor",
     "load_model_state",
     "model_state",
+    "pinned_path_available",
     "records_mode",
 ]
 
@@ -108,6 +111,18 @@ def cpu_vendor() -> str:
     import platform
 
     return _cpuinfo("vendor_id") or platform.machine()
+
+
+def pinned_path_available(vendor: str) -> bool:
+    """Whether this machine can reproduce a recording made on a ``vendor`` CPU on the pinned path: a
+    CPU of that vendor on which PyTorch runs its AVX2 kernels under ``RECORDING_PATH`` (checked in
+    a subprocess, since the kernel level is fixed when torch is imported)."""
+    if cpu_vendor() != vendor:
+        return False
+    code = "import torch; print(torch.backends.cpu.get_cpu_capability())"
+    env = {**os.environ, **RECORDING_PATH}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    return result.stdout.strip() == "AVX2"
 
 
 def cpu_signature() -> dict[str, str]:
