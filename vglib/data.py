@@ -141,15 +141,18 @@ def associative_recall(
     ``(n_examples, 2 pairs + 1)``, and ``targets``, a LongTensor ``(n_examples,)``; see
     :func:`recall_dims` for the vocabulary size. The global RNG state is left as it was.
 
-    Why it needs attention: the answer is set by *which value stands next to* the key that the
-    query repeats. A model of the tokens' multiset alone (a bag of tokens: e.g. the mean of the
-    token embeddings without positions) sees which keys and values occur but not how they pair,
-    and given the multiset every pairing of the values with the keys is equally likely, so its best
-    guess is the most frequent value of the sequence. Its best accuracy is
-    :func:`recall_bag_accuracy` (0.41 with the defaults), well above the ``1/values`` of a
-    blind guess, since the answer is always one of the values present, but far from 1. A model
-    that reaches it must match the query with an earlier key and read the token after it: what
-    attention does with two layers (a previous-token head and a matching head).
+    What it takes: the answer is set by *which value stands next to* the key that the query
+    repeats. A model of the tokens' multiset alone (a bag of tokens: e.g. the mean of the token
+    embeddings without positions) sees which keys and values occur but not how they pair, and given
+    the multiset every pairing of the values with the keys is equally likely, so its best guess is
+    the most frequent value of the sequence. Its best accuracy is :func:`recall_bag_accuracy`
+    (0.41 with the defaults), well above the ``1/values`` of a blind guess, since the answer is
+    always one of the values present, but far from 1. A model that sees positions need not attend,
+    though: keys and values always sit at the same positions, so a one-hidden-layer ReLU network
+    (512 units) on the flattened one-hot sequence reached 0.999 test accuracy with 60,000 training
+    sequences (0.83 with 20,000; a referee's measurement). The task does not *require* attention;
+    a transformer solves it by matching the query with an earlier key and reading the token after
+    it (a previous-token head and a matching head).
     """
     check_positive_int("n_examples", n_examples)
     _check_recall(pairs, keys, values)
