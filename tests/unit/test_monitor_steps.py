@@ -229,6 +229,15 @@ class _Accumulation:
     def backward(self, part):
         F.mse_loss(self.net(self.x[part]), self.y[part]).backward()
 
+    def monitored_step(self, closure):
+        """One monitored step: micro-batches 0 and 1 before step(), then ``step(closure)``."""
+        with vglib.GradientMonitor(self.net, self.optimizer) as monitor:
+            self.optimizer.zero_grad()
+            self.backward(self.parts[0])
+            self.backward(self.parts[1])
+            self.optimizer.step(closure)
+        return monitor
+
     def rows(self, monitor):
         table = monitor.table()
         act = (table.layer == "1") & (table.kind == "activation")
@@ -250,11 +259,7 @@ def test_accumulation_whose_last_micro_batch_runs_in_a_closure_pools_every_micro
                 torch.nn.utils.clip_grad_norm_(run.net.parameters(), 1e9)  # in place, a no-op clip
             return torch.tensor(0.0)
 
-        with vglib.GradientMonitor(run.net, run.optimizer) as monitor:
-            run.optimizer.zero_grad()
-            run.backward(run.parts[0])
-            run.backward(run.parts[1])
-            run.optimizer.step(closure)
+        monitor = run.monitored_step(closure)
         mean, std, grad = run.rows(monitor)
         every = torch.cat(run.hidden)
         assert mean == pytest.approx([every.mean().item()], rel=1e-6)
@@ -273,11 +278,7 @@ def test_a_closure_that_resets_the_gradients_records_its_own_pass_only():
             run.backward(run.parts[2])
             return torch.tensor(0.0)
 
-        with vglib.GradientMonitor(run.net, run.optimizer) as monitor:
-            run.optimizer.zero_grad()
-            run.backward(run.parts[0])
-            run.backward(run.parts[1])
-            run.optimizer.step(closure)
+        monitor = run.monitored_step(closure)
         mean, _, _ = run.rows(monitor)
         assert mean == pytest.approx([run.hidden[2].mean().item()], rel=1e-6), set_to_none
 
