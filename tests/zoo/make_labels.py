@@ -1,6 +1,6 @@
 """Compute both label sources for every zoo case and write tests/zoo/labels.toml.
 
-    python tests/zoo/make_labels.py            # all cases (about 15 s on one core)
+    python tests/zoo/make_labels.py            # all cases (about a minute on one core)
     python tests/zoo/make_labels.py --check    # recompute and compare with labels.toml, write nothing
 
 Uses plain torch only (labelling.py); vglib is not imported. The output has no timestamp, so a

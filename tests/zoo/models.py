@@ -789,6 +789,181 @@ def dict_transformer(name: str, seed: int = 0) -> ZooCase:
     )
 
 
+# ================================================ transformers (zoo): the residual stream at depth
+# Token classification: 17 tokens, sequences of 12, batch 64, width 32, 4 heads, MLP ratio 4,
+# learned token + position embeddings, not causal, a linear head on the LAST position. The target
+# is the first token mod 4, so the last position must read the first through attention.
+TFM_VOCAB, TFM_T, TFM_BATCH, TFM_D, TFM_HEADS, TFM_CLASSES = 17, 12, 64, 32, 4, 4
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention written out (separate q, k, v, out projections), not causal."""
+
+    def __init__(self, d: int = TFM_D, heads: int = TFM_HEADS):
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(d, d)
+        self.k = nn.Linear(d, d)
+        self.v = nn.Linear(d, d)
+        self.out = nn.Linear(d, d)
+
+    def forward(self, x):
+        b, t, d = x.shape
+
+        def split(z):
+            return z.view(b, t, self.heads, d // self.heads).transpose(1, 2)
+
+        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+        att = torch.softmax(q @ k.transpose(-2, -1) / (d // self.heads) ** 0.5, dim=-1)
+        return self.out((att @ v).transpose(1, 2).reshape(b, t, d))
+
+
+class StreamBlock(nn.Module):
+    """A transformer block written by hand; ``mode`` says how it keeps the residual stream:
+
+    - ``pre``: x + attn(ln1(x)), then x + mlp(ln2(x)) (pre-LN);
+    - ``none``: x + attn(x), then x + mlp(x) (no layer norm, plain residual);
+    - ``deepnorm``: ln1(alpha x + attn(x)), then ln2(alpha x + mlp(x)) (DeepNorm, Wang et al. 2022:
+      post-LN with the residual scaled by alpha = (2N)^(1/4); v, out and the MLP weights are
+      Xavier-normal with gain beta = (8N)^(-1/4), q and k Xavier-normal with gain 1, biases 0);
+    - ``rezero``: x + a attn(x), then x + a mlp(x), one scalar a per block initialised to 0
+      (ReZero, Bachlechner et al. 2020; no norm);
+    - ``attn_noskip``: attn(x) alone: no skip, no MLP, no norm (a pure attention stack, Dong et al.
+      2021);
+    - ``attn_pre``: x + attn(ln1(x)), no MLP (its matched control: skip and pre-LN added back).
+    """
+
+    MODES = ("pre", "none", "deepnorm", "rezero", "attn_noskip", "attn_pre")
+
+    def __init__(self, mode: str, depth: int, d: int = TFM_D, ratio: int = 4):
+        super().__init__()
+        if mode not in self.MODES:
+            raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
+        self.mode = mode
+        self.attn = SelfAttention(d)
+        if not mode.startswith("attn_"):
+            self.mlp = nn.Sequential(nn.Linear(d, ratio * d), nn.GELU(), nn.Linear(ratio * d, d))
+        if mode in ("pre", "deepnorm", "attn_pre"):
+            self.ln1 = nn.LayerNorm(d)
+        if mode in ("pre", "deepnorm"):
+            self.ln2 = nn.LayerNorm(d)
+        self.alpha = (2 * depth) ** 0.25 if mode == "deepnorm" else 1.0
+        if mode == "deepnorm":
+            beta = (8 * depth) ** -0.25
+            for lin, gain in (
+                (self.attn.q, 1.0),
+                (self.attn.k, 1.0),
+                (self.attn.v, beta),
+                (self.attn.out, beta),
+                (self.mlp[0], beta),
+                (self.mlp[2], beta),
+            ):
+                nn.init.xavier_normal_(lin.weight, gain=gain)
+                nn.init.zeros_(lin.bias)
+        if mode == "rezero":
+            self.gate = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        m = self.mode
+        if m == "pre":
+            x = x + self.attn(self.ln1(x))
+            return x + self.mlp(self.ln2(x))
+        if m == "none":
+            x = x + self.attn(x)
+            return x + self.mlp(x)
+        if m == "deepnorm":
+            x = self.ln1(self.alpha * x + self.attn(x))
+            return self.ln2(self.alpha * x + self.mlp(x))
+        if m == "rezero":
+            x = x + self.gate * self.attn(x)
+            return x + self.gate * self.mlp(x)
+        if m == "attn_noskip":
+            return self.attn(x)
+        return x + self.attn(self.ln1(x))  # attn_pre
+
+
+class TokenTransformer(nn.Module):
+    """Token + position embeddings -> blocks -> (final LayerNorm) -> head on the last position."""
+
+    def __init__(self, blocks: list[nn.Module], final_norm: bool, d: int = TFM_D):
+        super().__init__()
+        self.tok = nn.Embedding(TFM_VOCAB, d)
+        self.pos = nn.Embedding(TFM_T, d)
+        self.blocks = nn.ModuleList(blocks)
+        self.final = nn.LayerNorm(d) if final_norm else nn.Identity()
+        self.head = nn.Linear(d, TFM_CLASSES)
+
+    def forward(self, x):
+        h = self.tok(x) + self.pos(torch.arange(x.shape[1], device=x.device))
+        for block in self.blocks:
+            h = block(h)
+        return self.head(self.final(h)[:, -1])
+
+
+# the matched healthy control of each kind: pre-LN of the same depth, written the same way
+_TFM_CONTROL = {
+    "torch_post": "torch_pre",
+    "torch_pre": "torch_pre",
+    "pre": "pre",
+    "none": "pre",
+    "deepnorm": "pre",
+    "rezero": "pre",
+    "attn_noskip": "attn_pre",
+    "attn_pre": "attn_pre",
+}
+
+
+def _tfm_blocks(kind: str, depth: int) -> list[nn.Module]:
+    if kind.startswith("torch_"):
+        # built one by one: nn.TransformerEncoder(layer, N) deep-copies ONE layer, so every block
+        # would start with the same weights
+        return [
+            nn.TransformerEncoderLayer(
+                TFM_D,
+                TFM_HEADS,
+                4 * TFM_D,
+                dropout=0.0,
+                activation="gelu",
+                batch_first=True,
+                norm_first=kind == "torch_pre",
+            )
+            for _ in range(depth)
+        ]
+    return [StreamBlock(kind, depth) for _ in range(depth)]
+
+
+def tfm_stream(
+    name: str, seed: int = 0, *, kind: str, depth: int, expected: str = "", note: str = ""
+) -> ZooCase:
+    """A ``TokenTransformer`` of ``depth`` blocks of ``kind`` (see ``_TFM_CONTROL``). Measured at the
+    residual stream after the first block and after the last (before the final norm, if any, and
+    the head); trained: the first block's parameters against the last block's."""
+    if kind not in _TFM_CONTROL:
+        raise ValueError(f"kind must be one of {sorted(_TFM_CONTROL)}, got {kind!r}")
+    _seed(seed)
+    model = TokenTransformer(_tfm_blocks(kind, depth), final_norm=kind in ("torch_pre", "pre", "attn_pre"))
+    x = tokens(TFM_BATCH, TFM_T, TFM_VOCAB, seed=10)
+    last = f"blocks.{depth - 1}"
+    return ZooCase(
+        name,
+        model,
+        x,
+        x[:, 0] % TFM_CLASSES,
+        None,
+        None,
+        None,
+        "transformer",
+        "zoo",
+        "blocks.0",
+        last,
+        ("blocks.0",),
+        (last,),
+        partial(tfm_stream, name + "/control", seed + 1, kind=_TFM_CONTROL[kind], depth=depth),
+        expected=expected,
+        note=note,
+    )
+
+
 # ============================================================================= repro: models
 _REPRO_CASES: dict | None = None
 
@@ -1768,6 +1943,67 @@ _add("tfm_torch_preln_4l", torch_encoder, layers=4, norm_first=True, expected="h
 _add("tfm_hand_preln_6l", hand_encoder, depth=6, pre_norm=True, expected="healthy")
 _add("tfm_hand_postln_6l", hand_encoder, depth=6, pre_norm=False)
 _add("dict_transformer", dict_transformer)
+
+# --- zoo: the transformer chapter's residual-stream variants (width 32, 17 tokens, T = 12)
+_POSTLN_NOTE = (
+    "post-LN: nn.TransformerEncoderLayer(norm_first=False) x {}; control: the same with norm_first=True "
+    "and a final LayerNorm (Xiong et al. 2020: at init post-LN's gradient shrinks toward the early blocks)"
+)
+_add("tfm_postln_12", tfm_stream, kind="torch_post", depth=12, note=_POSTLN_NOTE.format(12))
+_add(
+    "tfm_postln_48",
+    tfm_stream,
+    kind="torch_post",
+    depth=48,
+    expected="vanishing",
+    note=_POSTLN_NOTE.format(48),
+)
+_add(
+    "tfm_preln_48",
+    tfm_stream,
+    kind="torch_pre",
+    depth=48,
+    expected="healthy",
+    note="pre-LN: nn.TransformerEncoderLayer(norm_first=True) x 48 and a final LayerNorm; "
+    "control: a fresh seed",
+)
+_add(
+    "tfm_nonorm_48",
+    tfm_stream,
+    kind="none",
+    depth=48,
+    note="no layer norm, plain residual x + f(x), 48 hand-written blocks, PyTorch's default init; "
+    "control: the same blocks pre-LN",
+)
+_add(
+    "tfm_deepnorm_48",
+    tfm_stream,
+    kind="deepnorm",
+    depth=48,
+    expected="healthy",
+    note="DeepNorm (Wang et al. 2022): post-LN, residual x alpha = 96^(1/4), v/out/MLP Xavier gain "
+    "beta = 384^(-1/4); control: the same blocks pre-LN",
+)
+_add(
+    "tfm_rezero_48",
+    tfm_stream,
+    kind="rezero",
+    depth=48,
+    expected="healthy",
+    note="ReZero (Bachlechner et al. 2020): no norm, each branch x a scalar initialised to 0, so at init "
+    "every branch weight gets an exactly zero gradient and the stream is the identity: the measured "
+    "ratio is 1 by construction; the training label still decides, because the gates get a gradient "
+    "at the first step and the branch weights from the second on; control: the same blocks pre-LN",
+)
+_add(
+    "tfm_attn_noskip_12",
+    tfm_stream,
+    kind="attn_noskip",
+    depth=12,
+    expected="vanishing",
+    note="pure attention stack: 12 x attn(x), no skip, no MLP, no norm; token representations "
+    "collapse to rank one (Dong et al. 2021); control: x + attn(ln(x)) and a final LayerNorm",
+)
 
 
 CASES: dict[str, Callable[[], ZooCase]] = dict(_CASE_BUILDERS)
