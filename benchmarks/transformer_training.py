@@ -1,25 +1,34 @@
 """The training comparisons of the transformers chapter (see ``vglib/transformer_training.py``):
-experiment A, post-LN vs pre-LN at 6 blocks with and without learning-rate warm-up, and experiment B,
-plain pre-LN, plain post-LN, DeepNorm, ReZero, T-Fixup and LayerScale at 6 and 24 blocks without
-warm-up; every rate of ``vglib.grid.GRID_LRS``, seeds ``HARNESS_SEEDS``, on associative recall.
+experiment A, post-LN vs pre-LN at 6 blocks with and without learning-rate warm-up, on
+``WARMUP_LRS`` (``GRID_LRS`` with three midpoints), and experiment B, plain pre-LN, plain post-LN,
+DeepNorm, ReZero, T-Fixup and LayerScale at 6 and 24 blocks without warm-up, each chosen among
+``GRID_LRS``; seeds ``HARNESS_SEEDS``, causal models, on associative recall with the pairs at random
+places; and the MLP baseline (a one-hidden-layer network on the flattened one-hot sequence, the same
+budget and grid).
 
 Each group (one configuration with one warm-up setting: every rate times every seed) is one job,
 trained as one batched ensemble (``vglib.transformer_training.train_recall_group``) on one torch
-thread, in ``--processes`` worker processes, deepest first. ``--write`` records on the pinned kernel path of
-``vglib.records.RECORDING_PATH`` (the script refuses to write otherwise), so that another CPU of the
-same vendor with AVX2 reproduces the file exactly; the file's meta records that environment, the
-CPU, the wall time of the sweep and of every run. With ``--experiment A`` or ``B`` and ``--write``,
-the runs are merged into an existing file of the same settings (a run with the same key replaced).
-``--trial`` runs ``TRIAL_SWEEP`` instead of ``FULL_SWEEP`` (a few CPU-minutes; it checks the
-machinery, its runs are too short to train).
+thread, in ``--processes`` worker processes, deepest first, ``--processes`` groups at a time; the
+results file is written after each such part, so an interrupted sweep keeps what it finished.
+``--write`` records on the pinned kernel path of ``vglib.records.RECORDING_PATH`` (the script
+refuses to write otherwise), so that another CPU of the same vendor with AVX2 reproduces the file
+exactly; the file's meta records that environment, the CPU, the wall time, every run's time and the
+number of groups still missing. With ``--experiment A`` or ``B``, or ``--max-depth N`` (only the
+groups of at most N blocks), the runs are merged into an existing file of the same settings (a run
+with the same key replaced): the sweep can run in parts. ``--trial`` runs ``TRIAL_SWEEP`` instead of
+``FULL_SWEEP`` (a few CPU-minutes; it checks the machinery, its runs are too short to train).
 
     ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 \
-        python benchmarks/transformer_training.py --write     # the sweep, written to the results file
+        python benchmarks/transformer_training.py --write --max-depth 6   # A, B at 6 blocks, baseline
+    ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 \
+        python benchmarks/transformer_training.py --write --experiment B --no-baseline   # the rest
     python benchmarks/transformer_training.py --from-file     # the tables of the committed results
     python benchmarks/transformer_training.py --trial         # the small sweep, printed only
 
-Measured on this 2-core machine (AMD EPYC, the pinned AVX2 path, one thread, two such processes at
-once; 1,500 updates and 30 evaluations, extrapolated from 150 updates at 6 blocks and 100 at 24):
+Cost on this 2-core machine (AMD EPYC, the pinned AVX2 path, one thread per process): the README's
+benchmark table records the measured time of each part. Batching a group was measured on the
+earlier, bidirectional version of the task (sequences of 9; 1,500 updates, extrapolated from 150 at
+6 blocks and 100 at 24):
 
 =========  ===================  ==========================  ========
 blocks     one run at a time    a group of 24, batched      speed-up
@@ -28,16 +37,11 @@ blocks     one run at a time    a group of 24, batched      speed-up
 24         129 CPU-s per run    2,142 CPU-s (89 per run)    1.45x
 =========  ===================  ==========================  ========
 
-(wall time equal to CPU time within 1 %). The batch removes most of the per-operation overhead; what
-is left is arithmetic (batched matrix products, about 45 % of a step at 6 blocks) and the softmax
-over rows of 9 keys (about 20 %), and a 24-block group's activations (about 1 GB) no longer fit in
-the caches. The full sweep (14 groups, 336 runs: 8 groups at 6 blocks, 6 at 24) takes about 4.7
-CPU-hours; on 2 free cores, deepest first, each process trains 3 deep groups and 4 shallow ones:
-about 2.4 hours of wall time (one at a time: 7.3 CPU-hours, 3.6 hours). A diverged member trains
-on in its group (results NaN), so early divergence saves nothing.
+A diverged member trains on in its group (results NaN), so early divergence saves nothing.
 
-``tests/test_transformer_training.py`` checks that the file covers its settings' runs once and
-re-runs one random recorded run on the pinned path, comparing it exactly.
+``tests/test_transformer_training.py`` checks that every group in the file is whole, and re-runs the
+first 100 updates of one random recorded group and one random baseline run on the pinned path,
+comparing them exactly.
 """
 
 from __future__ import annotations
@@ -110,7 +114,7 @@ def table_a(runs: list[tt.RecallRun], settings: tt.SweepSettings) -> str:
     configs = [tt.TransformerConfig(n, depth=settings.warmup_depth) for n in ("post", "pre")]
     lines.append(f"{'lr':>9} " + " ".join(f"{c.label + w:>26}" for c in configs for w in ("", " +wu")))
     spreads = {(c, w): tt.spread_by_lr(runs, c, w) for c in configs for w in (0, settings.warmup_steps)}
-    for lr in settings.lrs:
+    for lr in settings.warmup_lrs:
         cells = []
         for c in configs:
             for w in (0, settings.warmup_steps):
@@ -124,11 +128,15 @@ def table_a(runs: list[tt.RecallRun], settings: tt.SweepSettings) -> str:
     return "\n".join(lines)
 
 
-def table_b(runs: list[tt.RecallRun], settings: tt.SweepSettings) -> str:
-    lines = ["Experiment B: residual scaling, no warm-up", header(), "", summary_header()]
+def table_b(runs: list[tt.RecallRun], settings: tt.SweepSettings, max_depth: int | None = None) -> str:
+    lines = ["Experiment B: residual scaling, no warm-up (rates of GRID_LRS only)", header(), "",
+             summary_header()]  # fmt: skip
     for depth in settings.scaling_depths:
+        if max_depth is not None and depth > max_depth:
+            continue
         for norm, residual in settings.variants:
-            lines.append(summary_line(tt.summarize_recall(runs, tt.TransformerConfig(norm, residual, depth))))
+            config = tt.TransformerConfig(norm, residual, depth)
+            lines.append(summary_line(tt.summarize_recall(runs, config, lrs=settings.lrs)))
     return "\n".join(lines)
 
 
@@ -149,52 +157,91 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--trial", action="store_true", help="run the small TRIAL_SWEEP")
     parser.add_argument("--from-file", action="store_true", help="print the committed results, run nothing")
+    parser.add_argument(
+        "--max-depth",
+        type=int,
+        default=None,
+        help="run only the groups of at most this many blocks (the sweep in parts)",
+    )
+    parser.add_argument("--no-baseline", action="store_true", help="skip the MLP baseline")
     args = parser.parse_args()
     if args.from_file:
         runs, settings, meta = tt.load_recall_runs(RESULTS)
         print(f"{tt.RESULTS_FILE}: {len(runs)} runs{' (trial sweep)' if meta.get('trial') else ''}")
-        if settings.warmup_depth and any(r.job.warmup_steps for r in runs):
+        baseline = tt.load_recall_baseline(RESULTS)
+        if baseline:
+            lr, test, fit = tt.summarize_baseline(baseline)
+            print(
+                f"MLP baseline: chosen lr {lr:.2e}, test {_spread(test)}, training sequences {_spread(fit)}"
+            )
+        if any(r.job.warmup_steps for r in runs):
             print(table_a(runs, settings) + "\n")
-        print(table_b(runs, settings))
+        depths = {r.job.config.depth for r in runs}
+        print(table_b(runs, settings, max(depths)))
         return
     if args.write and any(os.environ.get(key) != value for key, value in RECORDING_PATH.items()):
         env = " ".join(f"{key}={value}" for key, value in RECORDING_PATH.items())
         parser.error(f"--write records on the pinned kernel path: run it as {env} python ... --write")
     settings = tt.TRIAL_SWEEP if args.trial else tt.FULL_SWEEP
     vglib.seed_everything(0, threads=1)  # every worker takes this thread count
-    groups = settings.groups(args.experiment)
-    print(f"{len(groups)} groups of {len(settings.lrs) * len(settings.seeds)} runs, {settings.steps} "
-          f"updates, on {args.processes} processes", flush=True)  # fmt: skip
+    groups = [g for g in settings.groups(args.experiment)
+              if args.max_depth is None or g[0].depth <= args.max_depth]  # fmt: skip
+    partial = args.experiment != "all" or args.max_depth is not None
+    print(f"{len(groups)} groups ({sum(len(settings.rates(c)) for c, _ in groups) * len(settings.seeds)} "
+          f"runs), {settings.steps} updates, on {args.processes} processes", flush=True)  # fmt: skip
+    old: list[tt.RecallRun] = []
+    baseline: list[tt.BaselineRun] = []
+    if args.write and partial and RESULTS.exists():
+        old, old_settings, _ = tt.load_recall_runs(RESULTS)
+        if old_settings == settings:
+            baseline = tt.load_recall_baseline(RESULTS)
+        else:
+            old = []
     start = time.perf_counter()
-    runs = tt.run_recall_groups(groups, settings, args.processes)
+    if not args.no_baseline:
+        baseline = tt.run_recall_baseline(settings, args.processes)
+        lr, test, fit = tt.summarize_baseline(baseline)
+        print(f"MLP baseline ({tt.MLP_HIDDEN} hidden units): chosen lr {lr:.2e}, test accuracy "
+              f"{_spread(test)}, accuracy on training sequences {_spread(fit)}", flush=True)  # fmt: skip
+    runs: list[tt.RecallRun] = []
+    for k in range(0, len(groups), args.processes):  # a part at a time, written as it ends
+        runs += tt.run_recall_groups(groups[k : k + args.processes], settings, args.processes)
+        print(f"{k + len(groups[k : k + args.processes])}/{len(groups)} groups done after "
+              f"{time.perf_counter() - start:.0f} s", flush=True)  # fmt: skip
+        if args.write:
+            _write(old, runs, baseline, settings, args, time.perf_counter() - start)
     wall = time.perf_counter() - start
-    if args.experiment in ("A", "all"):
+    if args.experiment in ("A", "all") and (args.max_depth or settings.warmup_depth) >= settings.warmup_depth:
         print(table_a(runs, settings) + "\n")
     if args.experiment in ("B", "all"):
-        print(table_b(runs, settings) + "\n")
+        print(table_b(runs, settings, args.max_depth) + "\n")
     per_depth = seconds_per_depth(runs)
     cpu = sum(r.cpu_seconds for r in runs)
     print(f"{len(runs)} runs: {wall:.0f} s wall on {args.processes} processes, {cpu:.0f} CPU seconds in all; "
           f"median CPU seconds per run (not diverged) by depth {per_depth}")  # fmt: skip
-    if args.write:
-        if args.experiment != "all" and RESULTS.exists():
-            old, old_settings, _ = tt.load_recall_runs(RESULTS)
-            if old_settings == settings:
-                fresh = {_key(r) for r in runs}
-                runs = [r for r in old if _key(r) not in fresh] + runs
-        runs.sort(key=lambda r: (r.job.config.depth, r.job.config.norm, r.job.config.residual,
-                                 r.job.warmup_steps, r.job.lr, r.job.seed))  # fmt: skip
-        meta = {
-            "trial": args.trial,
-            "torch": torch.__version__,
-            "cpu": writer(),
-            "processes": args.processes,
-            "wall_seconds": round(wall),
-            "cpu_seconds": round(sum(r.cpu_seconds for r in runs)),
-            "seconds_per_depth": {str(d): s for d, s in seconds_per_depth(runs).items()},
-        }
-        tt.save_recall_runs(RESULTS, runs, settings, meta)
-        print(f"wrote {tt.RESULTS_FILE} ({RESULTS.stat().st_size / 1e3:.0f} kB, {len(runs)} runs)")
+
+
+def _write(old: list[tt.RecallRun], runs: list[tt.RecallRun], baseline: list[tt.BaselineRun],
+           settings: tt.SweepSettings, args: argparse.Namespace, wall: float) -> None:  # fmt: skip
+    """Merge ``runs`` into ``old`` (a run with the same key replaced) and write the results file."""
+    fresh = {_key(r) for r in runs}
+    merged = [r for r in old if _key(r) not in fresh] + runs
+    merged.sort(key=lambda r: (r.job.config.depth, r.job.config.norm, r.job.config.residual,
+                               r.job.warmup_steps, r.job.lr, r.job.seed))  # fmt: skip
+    meta = {
+        "trial": args.trial,
+        "torch": torch.__version__,
+        "cpu": writer(),
+        "processes": args.processes,
+        "missing_groups": len(
+            set(settings.groups("all")) - {(r.job.config, r.job.warmup_steps) for r in merged}
+        ),
+        "wall_seconds": round(wall),
+        "cpu_seconds": round(sum(r.cpu_seconds for r in merged)),
+        "seconds_per_depth": {str(d): s for d, s in seconds_per_depth(merged).items()},
+    }
+    tt.save_recall_runs(RESULTS, merged, settings, meta, baseline)
+    print(f"wrote {tt.RESULTS_FILE} ({RESULTS.stat().st_size / 1e3:.0f} kB, {len(merged)} runs)", flush=True)
 
 
 if __name__ == "__main__":

@@ -61,8 +61,22 @@ def test_the_file_covers_its_sweep_once_on_the_pinned_path():
     assert meta["bag_bound"] == recall_bag_accuracy() and meta["chance"] == tt.recall_chance()
     cpu = meta["cpu"]
     assert cpu["env"] == RECORDING_PATH and cpu["capability"] == "AVX2" and cpu["threads"] == 1, cpu
+    # the sweep runs in parts (benchmarks/transformer_training.py --experiment, --max-depth): every
+    # group in the file is whole, and the meta says whether groups are missing
+    groups = set(settings.groups("all"))
+    present = {(r.job.config, r.job.warmup_steps) for r in runs}
+    assert present <= groups, present - groups
+    expected = {
+        tt.RecallJob(c, lr, s, w) for c, w in present for lr in settings.rates(c) for s in settings.seeds
+    }
     keys = [r.job for r in runs]
-    assert len(keys) == len(set(keys)) and set(keys) == set(settings.jobs("all"))
+    assert len(keys) == len(set(keys)) and set(keys) == expected
+    assert meta["missing_groups"] == len(groups - present)
+    assert not (meta["trial"] and meta["missing_groups"])
+    baseline = tt.load_recall_baseline(PATH)
+    assert sorted((b.lr, b.seed) for b in baseline) == sorted(
+        (lr, s) for lr in settings.lrs for s in settings.seeds
+    )
     steps = tuple(range(settings.eval_every, settings.steps + 1, settings.eval_every))
     assert all(r.eval_steps == steps for r in runs)
     for r in runs:  # diverged runs are NaN from their divergence on, and only they are NaN at the end
@@ -88,7 +102,8 @@ def test_a_random_group_reproduces_its_first_updates_exactly_on_the_pinned_path(
         pytest.skip(f"written on a {vendor} CPU with AVX2; this CPU ({cpu_vendor()}) differs or lacks AVX2, "
                     "so its pinned path need not give the same bits")  # fmt: skip
     draw_seed = os.environ.get("VGLIB_RECHECK_SEED") or datetime.date.today().isoformat()
-    groups = [g for g in settings.groups("all") if g[0].depth <= MAX_RECHECK_DEPTH]
+    present = {(r.job.config, r.job.warmup_steps) for r in runs}
+    groups = [g for g in settings.groups("all") if g[0].depth <= MAX_RECHECK_DEPTH and g in present]
     config, warmup = random.Random(draw_seed).choice(groups)
     print(f"re-running the first {PREFIX} updates of {config.label}, warm-up {warmup} "
           f"(drawn with VGLIB_RECHECK_SEED={draw_seed!r})")  # fmt: skip
@@ -112,3 +127,46 @@ def test_a_random_group_reproduces_its_first_updates_exactly_on_the_pinned_path(
         for new, was in ((fresh.validation, old.validation[:n]), (fresh.test, old.test[:n])):
             same = [a == b or (math.isnan(a) and math.isnan(b)) for a, b in zip(new, was, strict=True)]
             assert all(same), (*where, new, was)
+
+
+RERUN_BASELINE = """
+import json, sys
+import vglib
+from vglib import transformer_training as tt
+vglib.seed_everything(0, threads=1)
+settings = tt.SweepSettings.from_json(json.loads(sys.argv[3]))
+print(json.dumps(tt.baseline_to_json([tt.train_recall_mlp(float(sys.argv[1]), int(sys.argv[2]), settings)])))
+"""
+
+
+def test_a_random_baseline_run_reproduces_exactly_on_the_pinned_path():
+    """One MLP baseline run, drawn as the group above, re-run for its whole budget (a few seconds)."""
+    _, settings, meta = recorded()
+    vendor = meta["cpu"]["vendor"]
+    if not pinned_path_available(vendor):
+        pytest.skip(f"written on a {vendor} CPU with AVX2; this CPU ({cpu_vendor()}) differs or lacks AVX2")
+    draw_seed = os.environ.get("VGLIB_RECHECK_SEED") or datetime.date.today().isoformat()
+    old = random.Random(draw_seed).choice(tt.load_recall_baseline(PATH))
+    print(
+        f"re-running the MLP baseline at lr {old.lr:.2e}, seed {old.seed} (VGLIB_RECHECK_SEED={draw_seed!r})"
+    )
+    env = {**os.environ, **RECORDING_PATH, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env.pop("VGLIB_SEED_OFFSET", None)
+    command = [
+        sys.executable,
+        "-c",
+        RERUN_BASELINE,
+        repr(old.lr),
+        str(old.seed),
+        json.dumps(settings.to_json()),
+    ]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (fresh,) = tt.baseline_from_json(json.loads(result.stdout))
+    same = [
+        a == b or (math.isnan(a) and math.isnan(b))
+        for a, b in zip(
+            (fresh.train, fresh.validation, fresh.test), (old.train, old.validation, old.test), strict=True
+        )
+    ]
+    assert fresh.lr == old.lr and fresh.seed == old.seed and all(same), (draw_seed, fresh, old)

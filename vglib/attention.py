@@ -23,7 +23,7 @@ from torch import nn
 
 from ._batch import LossFn, check_inputs, default_loss, scalar_loss, usable
 from ._seed import generator, shifted_seed
-from ._validation import check_positive_int
+from ._validation import check_choice, check_positive_int
 from .probes import _norm
 from .transformers import Transformer
 
@@ -445,6 +445,8 @@ class SoftmaxSaturation:
     jacobian_norm: np.ndarray
     max_probability: np.ndarray
     entropy: np.ndarray
+    query_jacobian_norm: np.ndarray
+    key_jacobian_norm: np.ndarray
 
     @property
     def max_entropy(self) -> float:
@@ -453,7 +455,8 @@ class SoftmaxSaturation:
 
     def to_dataframe(self) -> pd.DataFrame:
         """One row per ``d``: ``d``, ``logit_std``, ``jacobian_norm``, ``max_probability``,
-        ``entropy``. Needs pandas (``pip install "vglib[pandas]"``)."""
+        ``entropy``, ``query_jacobian_norm``, ``key_jacobian_norm``. Needs pandas (``pip install
+        "vglib[pandas]"``)."""
         from .tables import require_pandas
 
         return require_pandas().DataFrame(
@@ -463,16 +466,23 @@ class SoftmaxSaturation:
                 "jacobian_norm": self.jacobian_norm,
                 "max_probability": self.max_probability,
                 "entropy": self.entropy,
+                "query_jacobian_norm": self.query_jacobian_norm,
+                "key_jacobian_norm": self.key_jacobian_norm,
             }
         )
 
 
-def _softmax_jacobian_norm(probs: torch.Tensor) -> torch.Tensor:
-    """``||diag(p) - p p^T||_F`` over the last dimension, from the matrix itself (the diagonal as
-    ``p (1 - p)``, which keeps its relative accuracy where ``p`` is small)."""
+def _softmax_jacobian(probs: torch.Tensor) -> torch.Tensor:
+    """``diag(p) - p p^T`` over the last dimension (the diagonal as ``p (1 - p)``, which keeps its
+    relative accuracy where ``p`` is small)."""
     jacobian = -probs.unsqueeze(-1) * probs.unsqueeze(-2)
     jacobian.diagonal(dim1=-2, dim2=-1).copy_(probs * (1 - probs))
-    return torch.linalg.vector_norm(jacobian, dim=(-2, -1))
+    return jacobian
+
+
+def _softmax_jacobian_norm(probs: torch.Tensor) -> torch.Tensor:
+    """``||diag(p) - p p^T||_F`` over the last dimension, from the matrix itself."""
+    return torch.linalg.vector_norm(_softmax_jacobian(probs), dim=(-2, -1))
 
 
 _SAMPLES_PER_CHUNK = 2**22
@@ -500,7 +510,17 @@ def softmax_saturation(
       how much of the gradient reaching the probabilities passes back to the logits (for two keys
       ``2 p_1 (1 - p_1)``; 0 as the softmax saturates to one key);
     - ``max_probability``: the mean largest probability (``1/keys`` uniform, 1 saturated);
-    - ``entropy``: the mean ``-sum_j p_j log p_j`` in nats (``log(keys)`` uniform, 0 saturated).
+    - ``entropy``: the mean ``-sum_j p_j log p_j`` in nats (``log(keys)`` uniform, 0 saturated);
+    - ``query_jacobian_norm``: the mean Frobenius norm of ``dp/dq = s J K`` (``keys x d``; ``s`` the
+      logit scale, ``1/sqrt(d)`` or 1, ``J`` the softmax's Jacobian, ``K`` the keys as rows): what
+      reaches the query. It is the softmax's Jacobian *times* ``dz/dq = s K``, whose size is
+      ``sqrt(keys d)`` unscaled and ``sqrt(keys)`` scaled, so dropping the scale shrinks ``J`` but
+      multiplies the other factor by ``sqrt(d)``;
+    - ``key_jacobian_norm``: the mean Frobenius norm of ``dp/dK`` (``keys x keys x d``), which is
+      ``s ||J||_F ||q||`` (``dp_i/dk_j = s J_ij q^T``).
+
+    The Frobenius norm of a Jacobian ``A`` is the root-mean-square size of the gradient ``A^T g`` it
+    passes back for a random upstream gradient ``g`` with independent ``N(0, 1)`` entries.
 
     The draws come from a generator seeded with ``seed`` (the global random state is left as it
     was); each ``d`` has its own stream of draws, so adding a value to ``d_values`` leaves the
@@ -519,23 +539,28 @@ def softmax_saturation(
         raise ValueError("d_values must hold at least one dimension (a positive int), got an empty sequence")
     for d in dims:
         check_positive_int("every entry of d_values", d)
-    columns: list[list[float]] = [[], [], [], []]
+    columns: list[list[float]] = [[], [], [], [], [], []]
     for d in dims:
         per_d = np.random.SeedSequence([shifted_seed(seed), d]).generate_state(1)[0]  # one stream per d
         gen = torch.Generator().manual_seed(int(per_d))
         chunk = max(1, _SAMPLES_PER_CHUNK // (keys * max(d, keys)))
-        sums = np.zeros(4)
+        scale = 1.0 / math.sqrt(d) if scaled else 1.0
+        sums = np.zeros(6)
         for start in range(0, samples, chunk):
             n = min(chunk, samples - start)
             q = torch.randn(n, 1, d, generator=gen, dtype=torch.float64)
             k = torch.randn(n, keys, d, generator=gen, dtype=torch.float64)
-            logits = (q * k).sum(-1) / (math.sqrt(d) if scaled else 1.0)
+            logits = (q * k).sum(-1) * scale
             probs = torch.softmax(logits, dim=-1)
+            jacobian = _softmax_jacobian(probs)  # (n, keys, keys)
+            jacobian_norm = torch.linalg.vector_norm(jacobian, dim=(-2, -1))
             sums += [
                 float(logits.var(dim=-1, unbiased=True).sum()),
-                float(_softmax_jacobian_norm(probs).sum()),
+                float(jacobian_norm.sum()),
                 float(probs.amax(-1).sum()),
                 float(_entropy(probs).sum()),
+                float(torch.linalg.vector_norm(scale * (jacobian @ k), dim=(-2, -1)).sum()),
+                float((scale * jacobian_norm * torch.linalg.vector_norm(q, dim=(-2, -1))).sum()),
             ]
         means = sums / samples
         for column, value in zip(columns, (math.sqrt(means[0]), *means[1:]), strict=True):
@@ -549,10 +574,17 @@ def softmax_saturation(
         jacobian_norm=np.array(columns[1]),
         max_probability=np.array(columns[2]),
         entropy=np.array(columns[3]),
+        query_jacobian_norm=np.array(columns[4]),
+        key_jacobian_norm=np.array(columns[5]),
     )
 
 
 # --- the amplification of weight changes: Liu et al. 2020 (Admin) --------------------------------------
+
+
+_PERTURBATIONS: tuple[str, ...] = ("absolute", "relative")
+"""How :func:`output_change` sizes its random weight change: entrywise ``delta`` for every matrix,
+or ``delta`` times each matrix's own root-mean-square entry."""
 
 
 @torch.no_grad()
@@ -561,6 +593,7 @@ def output_change(
     tokens: torch.Tensor,
     *,
     delta: float,
+    perturbation: str = "absolute",
     samples: int = 8,
     seed: int = 0,
 ) -> float:
@@ -571,17 +604,25 @@ def output_change(
     ``final_norm``, a ``(batch, seq, width)`` tensor, every example and position of ``tokens``). Each
     of ``samples`` perturbations adds to every weight matrix of the blocks (:data:`BLOCK_WEIGHTS`:
     ``q``, ``k``, ``v``, ``out`` and the MLP's two; not biases, norms, embeddings, the head or the
-    residual scales) ``dW = delta * ||W||_F / sqrt(numel(W)) * N(0, 1)`` entrywise, a change of
-    relative size ``delta`` (``E ||dW||_F^2 = delta^2 ||W||_F^2``), the same for every matrix. The
-    result is the mean over the perturbations of ``||F(x; W + dW) - F(x; W)||_F^2 / ||F(x; W)||_F^2``
-    (0 for ``delta = 0``; about ``delta^2`` times a depth-dependent amplification for small
-    ``delta``).
+    residual scales) a random ``dW`` with independent normal entries of standard deviation
+
+    - ``perturbation="absolute"`` (the default): ``delta``, the same for every matrix of every
+      model, whatever its weights (an optimiser step such as Adam's moves every entry by about the
+      learning rate, whatever the weight's size);
+    - ``perturbation="relative"``: ``delta * ||W||_F / sqrt(numel(W))``, a change of relative size
+      ``delta`` (``E ||dW||_F^2 = delta^2 ||W||_F^2``). For a remedy that initialises some weights
+      smaller (DeepNorm's and T-Fixup's ``beta``) this perturbs those weights less in absolute
+      terms, so it mixes the model's sensitivity with the size of its weights.
+
+    The result is the mean over the perturbations of ``||F(x; W + dW) - F(x; W)||_F^2 /
+    ||F(x; W)||_F^2`` (0 for ``delta = 0``; about ``delta^2`` times a depth-dependent amplification
+    for small ``delta``).
 
     Why the stream and not the head's output: the head reads one position through a random
     projection that is not perturbed, and pre-LN's ``final_norm`` would divide out the stream's
     growth with depth; the stream leaving the last block is the "output of the layers" whose
     dependence on their residual branches Liu et al. analyse, the same tensor for every norm
-    placement. The ratio (not the raw squared change) is used because a pre-LN stream's size grows
+    placement. The output's change is divided by its size because a pre-LN stream's size grows
     with depth while a post-LN stream's is fixed by its last layer norm.
 
     ``seed`` seeds the perturbations' generator (the global random state is left as it was); the
@@ -593,6 +634,7 @@ def output_change(
         raise TypeError(f"delta must be a number >= 0, got {delta!r}")
     if not (math.isfinite(delta) and delta >= 0):
         raise ValueError(f"delta must be a finite number >= 0, got {delta!r}")
+    check_choice("perturbation", perturbation, _PERTURBATIONS)
     check_positive_int("samples", samples)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
@@ -604,11 +646,16 @@ def output_change(
         raise ValueError("the stream leaving the last block is 0: its relative change is undefined")
     matrices = [w for block in twin.blocks for w in _weights(block).values() if w is not None]
     originals = [w.detach().clone() for w in matrices]
+    scales = [
+        delta * float(torch.linalg.vector_norm(w0)) / math.sqrt(w0.numel())
+        if perturbation == "relative"
+        else float(delta)
+        for w0 in originals
+    ]
     gen = generator(seed)
     ratios = []
     for _ in range(samples):
-        for w, w0 in zip(matrices, originals, strict=True):
-            scale = delta * float(torch.linalg.vector_norm(w0)) / math.sqrt(w0.numel())
+        for w, w0, scale in zip(matrices, originals, scales, strict=True):
             w.copy_(w0 + scale * torch.randn(w0.shape, generator=gen, dtype=torch.float64))
         moved, _ = _stream_inputs(twin, tokens)
         ratios.append(float((moved[-1] - base).pow(2).sum()) / base_square)

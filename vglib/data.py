@@ -14,6 +14,7 @@ from .models import build_mlp
 __all__ = [
     "ADDING_BASELINE_MSE",
     "RECALL_KEYS",
+    "RECALL_LENGTH",
     "RECALL_PAIRS",
     "RECALL_VALUES",
     "adding_problem",
@@ -103,26 +104,37 @@ RECALL_KEYS = 8
 """``associative_recall``'s default number of key tokens."""
 RECALL_VALUES = 8
 """``associative_recall``'s default number of value tokens (and classes)."""
+RECALL_LENGTH = 12
+"""``associative_recall``'s default sequence length: 4 pairs, 3 filler tokens and the query."""
 
 
-def _check_recall(pairs: int, keys: int, values: int) -> None:
+def _check_recall(pairs: int, keys: int, values: int, length: int) -> None:
     check_positive_int("pairs", pairs)
     check_positive_int("keys", keys)
     check_positive_int("values", values, minimum=2)
+    check_positive_int("length", length)
     if keys < pairs:
         raise ValueError(
             f"keys must be >= pairs (the keys of a sequence are distinct), got keys={keys}, pairs={pairs}"
         )
+    if length < 2 * pairs + 1:
+        raise ValueError(
+            f"length must be >= 2 pairs + 1 (the pairs and the query), got length={length}, pairs={pairs}"
+        )
 
 
 def recall_dims(
-    pairs: int = RECALL_PAIRS, keys: int = RECALL_KEYS, values: int = RECALL_VALUES
+    pairs: int = RECALL_PAIRS,
+    keys: int = RECALL_KEYS,
+    values: int = RECALL_VALUES,
+    length: int = RECALL_LENGTH,
 ) -> tuple[int, int, int]:
-    """``(vocab, seq_len, out_features)`` of :func:`associative_recall`: ``keys + values`` tokens,
-    ``2 pairs + 1`` positions, ``values`` classes. ``build_transformer(depth, vocab=..., max_len=...,
-    out_features=...)`` takes them as they come; its defaults are ``recall_dims()``."""
-    _check_recall(pairs, keys, values)
-    return keys + values, 2 * pairs + 1, values
+    """``(vocab, seq_len, out_features)`` of :func:`associative_recall`: ``keys + values + 1``
+    tokens (the last is the filler), ``length`` positions, ``values`` classes.
+    ``build_transformer(depth, vocab=..., max_len=..., out_features=...)`` takes them as they come;
+    its defaults are ``recall_dims()``."""
+    _check_recall(pairs, keys, values, length)
+    return keys + values + 1, length, values
 
 
 def associative_recall(
@@ -130,40 +142,52 @@ def associative_recall(
     pairs: int = RECALL_PAIRS,
     keys: int = RECALL_KEYS,
     values: int = RECALL_VALUES,
+    length: int = RECALL_LENGTH,
     seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Associative recall: a sequence ``k1 v1 k2 v2 ... kP vP q`` and the value paired with ``q``.
+    """Associative recall with the pairs at random places: ``P = pairs`` key-value pairs ``k v``
+    and ``F = length - 1 - 2 P`` filler tokens in a random order, then a query key ``q``; the target
+    is the value that followed ``q``.
 
-    The ``P = pairs`` keys of a sequence are distinct tokens drawn from ``[0, keys)``; the values
-    are drawn with replacement from ``[keys, keys + values)``; the query ``q`` is one of the
-    sequence's keys, chosen uniformly. The target is the class ``v - keys`` (in ``0 .. values-1``)
-    of the value that follows the query key. Returns ``tokens``, a LongTensor
-    ``(n_examples, 2 pairs + 1)``, and ``targets``, a LongTensor ``(n_examples,)``; see
-    :func:`recall_dims` for the vocabulary size. The global RNG state is left as it was.
+    The ``P`` keys of a sequence are distinct tokens drawn from ``[0, keys)``; the values are drawn
+    with replacement from ``[keys, keys + values)``; the filler is the token ``keys + values``. The
+    ``P`` pairs (each a key with its value right after it) and the ``F`` fillers are arranged
+    uniformly at random, so a pair can start at any position that leaves room for the others. The
+    query, at the last position, is one of the sequence's keys, chosen uniformly. The target is the
+    class ``v - keys`` (in ``0 .. values-1``) of the value that follows the query key. Returns
+    ``tokens``, a LongTensor ``(n_examples, length)``, and ``targets``, a LongTensor
+    ``(n_examples,)``; see :func:`recall_dims` for the vocabulary size. The global RNG state is left
+    as it was. With the defaults (4 pairs, 8 keys, 8 values, length 12) a sequence looks like
+    ``k1 v1 _ k2 v2 _ _ k3 v3 k4 v4 q``.
 
     What it takes: the answer is set by *which value stands next to* the key that the query
-    repeats. A model of the tokens' multiset alone (a bag of tokens: e.g. the mean of the token
-    embeddings without positions) sees which keys and values occur but not how they pair, and given
-    the multiset every pairing of the values with the keys is equally likely, so its best guess is
-    the most frequent value of the sequence. Its best accuracy is :func:`recall_bag_accuracy`
-    (0.41 with the defaults), well above the ``1/values`` of a blind guess, since the answer is
-    always one of the values present, but far from 1. A model that sees positions need not attend,
-    though: keys and values always sit at the same positions, so a one-hidden-layer ReLU network
-    (512 units) on the flattened one-hot sequence reached 0.999 test accuracy with 60,000 training
-    sequences (0.83 with 20,000; a referee's measurement). The task does not *require* attention;
-    a transformer solves it by matching the query with an earlier key and reading the token after
-    it (a previous-token head and a matching head).
+    repeats, wherever that pair sits. A model of the tokens' multiset alone (a bag of tokens) sees
+    which keys and values occur but not how they pair; its best accuracy is
+    :func:`recall_bag_accuracy` (0.41 with the defaults), above the ``1/values`` of a blind guess
+    but far from 1. With the pairs at fixed positions (``length = 2 pairs + 1``) a one-hidden-layer
+    ReLU network on the flattened one-hot sequence learns the task from enough examples (0.999 test
+    accuracy from 60,000); with the pairs at random places it has to learn the pairing at every
+    offset, and from 20,000 training sequences it learns little beyond the bag bound (0.44 test
+    accuracy at its best rate in ``benchmarks/transformer_training.py``'s MLP baseline, while it
+    fits 0.87 of the sequences it trained on). A transformer solves it by attention: a
+    previous-token head writes each key into its value's position, and the query attends to the
+    position whose previous token matches it (an induction head; Olsson et al. 2022).
     """
     check_positive_int("n_examples", n_examples)
-    _check_recall(pairs, keys, values)
+    _check_recall(pairs, keys, values, length)
     generator = seeded_generator(seed)
     chosen_keys = torch.rand(n_examples, keys, generator=generator).argsort(dim=1)[:, :pairs]
     chosen_values = torch.randint(0, values, (n_examples, pairs), generator=generator)
     query = torch.randint(0, pairs, (n_examples,), generator=generator)
+    items = length - 1 - pairs  # the P pairs and the F fillers, in a random order
+    order = torch.rand(n_examples, items, generator=generator).argsort(dim=1)[:, :pairs]
+    is_pair = torch.zeros(n_examples, items, dtype=torch.bool).scatter_(1, order, True)
+    size = 1 + is_pair.long()
+    starts = (torch.cumsum(size, dim=1) - size)[is_pair].view(n_examples, pairs)  # in order
     rows = torch.arange(n_examples)
-    tokens = torch.empty(n_examples, 2 * pairs + 1, dtype=torch.long)
-    tokens[:, 0 : 2 * pairs : 2] = chosen_keys
-    tokens[:, 1 : 2 * pairs : 2] = keys + chosen_values
+    tokens = torch.full((n_examples, length), keys + values, dtype=torch.long)
+    tokens[rows[:, None], starts] = chosen_keys
+    tokens[rows[:, None], starts + 1] = keys + chosen_values
     tokens[:, -1] = chosen_keys[rows, query]
     return tokens, chosen_values[rows, query].clone()
 

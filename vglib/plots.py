@@ -30,6 +30,7 @@ from .probes import GradientProfile
 from .tables import MonitorTable
 from .tasks import harness_task
 from .train import TrainingHistory
+from .transformer_training import EarlyGradients
 
 __all__ = [
     "GRADIENT_SERIES",
@@ -39,8 +40,10 @@ __all__ = [
     "ProfileFigure",
     "Series",
     "panels",
+    "plot_accuracy_by_lr",
     "plot_activation_derivatives",
     "plot_curves",
+    "plot_early_gradients",
     "plot_gradient_heatmap",
     "plot_gradient_profile",
     "plot_harness_results",
@@ -838,7 +841,8 @@ def plot_norm_placement(
 ) -> Figure:
     """Xiong et al. 2020's Lemma 2 and Theorem 1 in miniature, side by side.
 
-    Left: ``mean_squares[label]`` (the stream's ``E||x_l||^2 / d`` at stream points ``0 .. L``)
+    Left: ``mean_squares[label]`` (the stream's mean per-token squared norm ``E||x_{l,i}||^2 / d``
+    at stream points ``0 .. L``)
     against ``l``, with the band ``(low, high)`` shaded (arrays over the same points). Right: for
     each label an array ``(seeds, len(depths))`` of the last block's gradient norm, drawn as the
     median over seeds with the range as error bars, on log-log axes, against ``depths``.
@@ -852,7 +856,9 @@ def plot_norm_placement(
         )
     left.fill_between(np.arange(len(low)), low, high, color="0.85", label="Lemma 2's band (pre-LN)")
     left.set(
-        xlabel="stream point l (0 = embedding)", ylabel="E‖x_l‖² / d", title="the stream's size (Lemma 2)"
+        xlabel="stream point l (0 = embedding)",
+        ylabel="mean per-token ‖x_l,i‖² / d",
+        title="the stream's size (Lemma 2)",
     )
     left.legend(fontsize=8, framealpha=1.0)
     x = np.asarray(depths, dtype=np.float64)
@@ -866,5 +872,72 @@ def plot_norm_placement(
     right.set(xscale="log", yscale="log", xlabel="depth L (blocks)", ylabel="‖∂L/∂W²‖ of the last block")
     right.set_title("the last FFN weight's gradient (Theorem 1)")
     right.set_xticks(x, [str(int(d)) for d in x])
+    right.set_xticks([], minor=True)  # a log axis labels its minor ticks too, over the depths' labels
     right.legend(fontsize=8, framealpha=1.0)
+    return fig
+
+
+def plot_accuracy_by_lr(
+    spreads: Mapping[str, Mapping[float, SeedSpread]],
+    references: Mapping[str, float] | None = None,
+    *,
+    title: str = "",
+    ylabel: str = "final test accuracy",
+) -> Figure:
+    """Final accuracy against the learning rate, one line per label: the median over the seeds with
+    the range as error bars (``spreads[label][lr]``, e.g. from
+    :func:`~vglib.transformer_training.spread_by_lr`). A rate at which a seed diverged (a NaN value)
+    is marked with an x on the axis and left out of the line; ``references`` draws horizontal
+    lines (e.g. the bag bound, the MLP baseline, the threshold)."""
+    if not spreads:
+        raise ValueError("plot_accuracy_by_lr needs at least one labelled set of spreads")
+    fig = _new_figure(5.6, 3.6)
+    ax = fig.subplots()
+    styles = ("-", "--", "-.", ":")
+    for i, (label, by_lr) in enumerate(spreads.items()):
+        colour = OKABE_ITO[i % len(OKABE_ITO)]
+        lrs = np.array(sorted(by_lr), dtype=np.float64)
+        values = [np.asarray(by_lr[lr].values, dtype=np.float64) for lr in sorted(by_lr)]
+        clean = np.array([bool(np.isfinite(v).all()) for v in values])
+        mid = np.array([float(np.median(v)) if ok else np.nan for v, ok in zip(values, clean, strict=True)])
+        low = np.array([float(v.min()) if ok else np.nan for v, ok in zip(values, clean, strict=True)])
+        high = np.array([float(v.max()) if ok else np.nan for v, ok in zip(values, clean, strict=True)])
+        shift = 1.0 + 0.06 * (i - (len(spreads) - 1) / 2)  # side by side, so the bars do not hide each other
+        with np.errstate(invalid="ignore"):
+            ax.errorbar(lrs * shift, mid, yerr=(mid - low, high - mid), color=colour, marker="o",
+                        markersize=3.5, linewidth=1.2, linestyle=styles[i % len(styles)], capsize=2,
+                        label=label)  # fmt: skip
+        if (~clean).any():
+            ax.plot(lrs[~clean] * shift, np.zeros(int((~clean).sum())), linestyle="none", marker="x",
+                    markersize=6, color=colour)  # fmt: skip
+    for k, (label, value) in enumerate((references or {}).items()):
+        ax.axhline(value, color="0.45", linestyle=(":", "--", "-.")[k % 3], linewidth=1, label=label)
+    ax.set_xscale("log")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set(xlabel="learning rate (Adam)", ylabel=ylabel, title=title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7.5, framealpha=1.0, loc="upper left")
+    return fig
+
+
+def plot_early_gradients(runs: Mapping[str, EarlyGradients], chance_loss: float | None = None) -> Figure:
+    """The first updates of labelled runs (:func:`~vglib.transformer_training.early_gradients`), two
+    panels over the update: left, block 1's gradient norm over the last block's (log scale; 1 is a
+    level gradient); right, the validation loss, with ``chance_loss`` (e.g. ``ln 8``, a uniform
+    guess) as a dotted line."""
+    if not runs:
+        raise ValueError("plot_early_gradients needs at least one run")
+    fig, (left, right) = panels(2, width=8.6, height=3.4)
+    for i, (label, run) in enumerate(runs.items()):
+        colour = OKABE_ITO[i % len(OKABE_ITO)]
+        left.plot(run.steps, run.first_to_last(), color=colour, label=label)
+        right.plot(run.steps, run.validation_loss, color=colour, label=label)
+    left.axhline(1.0, color="0.45", linestyle=":", linewidth=1)
+    left.set(yscale="log", xlabel="update", ylabel="‖∂L/∂θ‖ of block 1 / of the last block",
+             title="how level the gradient is")  # fmt: skip
+    if chance_loss is not None:
+        right.axhline(chance_loss, color="0.45", linestyle=":", linewidth=1, label="a uniform guess")
+    right.set(xlabel="update", ylabel="validation loss (cross-entropy)", title="the loss")
+    for ax in (left, right):
+        ax.legend(fontsize=8, framealpha=1.0)
     return fig

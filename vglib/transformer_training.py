@@ -2,26 +2,30 @@
 (Xiong et al. 2020), and residual scaling for deep stacks (DeepNorm, ReZero, T-Fixup, LayerScale),
 on the associative recall task, with the equal tuning of ``vglib.grid``.
 
-**Task.** :func:`~vglib.data.associative_recall` with its defaults (4 key-value pairs, 8 keys, 8
-values: 16 tokens, sequences of 9, 8 classes), in three fixed splits (``RECALL_SPLITS``): 20,000
-training sequences (seed 160), 1,000 validation sequences (seed 161) and 1,000 test sequences (seed
-162). About 27.5 million sequences exist, so a validation or test sequence is in the training split
-with probability about 0.07 %. Chance is 1/8; a model of the tokens' multiset reaches at best
-:func:`~vglib.data.recall_bag_accuracy` (0.41); what lies above that takes attention.
+**Task.** :func:`~vglib.data.associative_recall` with its defaults (4 key-value pairs at random
+places among 3 filler tokens, then the query: sequences of 12 over 17 tokens, 8 classes), in three
+fixed splits (``RECALL_SPLITS``): 20,000 training sequences (seed 160), 1,000 validation sequences
+(seed 161) and 1,000 test sequences (seed 162). About 963 million sequences exist, so a validation
+or test sequence is in the training split with probability about 0.002 %. Chance is 1/8; a model of
+the tokens' multiset reaches at best :func:`~vglib.data.recall_bag_accuracy` (0.41); a
+one-hidden-layer MLP on the flattened one-hot sequence, trained with the same budget and grid
+(:func:`train_recall_mlp`), fits much of the training split but reaches little more than that
+bound on new sequences (0.44 at its best rate).
 
 **Models.** :func:`~vglib.transformers.build_transformer` with its defaults (width 32, 4 heads, MLP
-ratio 4, the head reading the last position), one :class:`TransformerConfig` per placement and
-residual scaling; the model seed is the run's seed.
+ratio 4, the head reading the last position) and causal attention, one :class:`TransformerConfig`
+per placement and residual scaling; the model seed is the run's seed.
 
 **Training.** Adam (``vglib.train(..., optimizer="adam")``, PyTorch's betas (0.9, 0.999), no weight
 decay; Xiong et al. used betas (0.9, 0.98)), minibatches of ``RECALL_BATCH`` = 64 drawn with the
-run's seed, for a fixed budget of ``SweepSettings.steps`` updates (1,500 in the sweep: a pilot of
-pre-LN at depth 6 and lr 2.2e-3, the grid's rate nearest the 3e-3 that solves the task at depth 2,
-sat on a plateau near the bag bound for 900 steps and was at 1.0 by step 1,100; the budget leaves
-room for slower rates and deeper stacks to make the same jump). Warm-up, where a run has it, is
-``vglib.train``'s linear warm-up over ``SweepSettings.warmup_steps`` = 10 % of the budget (150
-updates; Xiong et al. warmed up over 4,000 updates of a much longer run), with no decay after it.
-Every learning rate of ``vglib.grid.GRID_LRS`` (2.2e-5 to 1), seeds ``vglib.HARNESS_SEEDS``.
+run's seed, for a fixed budget of ``SweepSettings.steps`` updates (1,500 in the sweep: in pilots at
+lr 1e-3, causal pre-LN and post-LN at 6 blocks sat near the bag bound for 500-750 updates and were
+at 0.99 by update 750-1,000; the budget leaves room for other rates and deeper stacks to make the
+same jump). Warm-up, where a run has it, is ``vglib.train``'s linear warm-up over
+``SweepSettings.warmup_steps`` = 10 % of the budget (150 updates; Xiong et al. warmed up over 4,000
+updates of a much longer run), with no decay after it. Experiment B tries every learning rate of
+``vglib.grid.GRID_LRS`` (2.2e-5 to 1, a factor 4.6 apart), experiment A ``WARMUP_LRS`` (the same
+with three midpoints added where the rates that train lie); seeds ``vglib.HARNESS_SEEDS``.
 
 **Metric.** Validation and test accuracy every ``SweepSettings.eval_every`` = 50 updates (so a step
 count to the threshold is known to within 50). Per group (one configuration, with or without
@@ -33,11 +37,13 @@ reaches ``RECALL_THRESHOLD`` = 0.9, fixed before the runs: far above the bag bou
 evaluation at which the test accuracy reaches it (``vglib.grid.steps_to``).
 
 **Batched training.** The sweep trains each *group* (one configuration with one warm-up setting:
-every rate of ``SweepSettings.lrs`` times every seed, 24 runs in the full sweep) as one batched
+every rate of ``SweepSettings.rates(config)`` times every seed: 24 runs in the full sweep, 33 in
+experiment A's groups) as one batched
 ensemble (:func:`train_recall_group`, by ``vglib.ensemble.train_ensemble``: one vmapped forward and
 backward pass for all members, Adam over the stacked weights). Small transformers on a CPU spend much
 of their time in per-operation overhead, which the batch shares: a group of 24 trains 1.8 times
-faster than its runs one at a time at 6 blocks and 1.45 times faster at 24 (measured in
+faster than its runs one at a time at 6 blocks and 1.45 times faster at 24 (measured on the earlier,
+bidirectional task of length 9, in
 ``benchmarks/transformer_training.py``'s docstring). Each member follows
 its run by :func:`train_recall` (the same model, minibatches, warm-up and Adam) up to
 floating-point rounding, as the batched products sum in another order; training amplifies such
@@ -82,11 +88,12 @@ there and compares them exactly.
   the depth at which CaiT's LayerScale starts at 1e-5 and DeepNet already found post-LN unstable
   (18 blocks each side).
 
-Experiment B's plain runs at depth 6 are experiment A's runs without warm-up: a run is stored once
-and keyed by ``(configuration, lr, seed, warmup_steps)``. :func:`save_recall_runs` and
-:func:`load_recall_runs` write and read the plain JSON results file (``RESULTS_FILE``);
-:func:`choose_recall_lr`, :func:`summarize_recall`, :func:`spread_by_lr` and :func:`warmup_relation`
-are what the chapter calls.
+Experiment B's plain runs at depth 6 are experiment A's runs without warm-up (B chooses their rate
+among ``GRID_LRS`` only, as for every remedy): a run is stored once and keyed by ``(configuration,
+lr, seed, warmup_steps)``. The MLP baseline (:func:`train_recall_mlp`) is stored beside the runs.
+:func:`save_recall_runs` and :func:`load_recall_runs` write and read the plain JSON results file
+(``RESULTS_FILE``); :func:`choose_recall_lr`, :func:`summarize_recall`, :func:`spread_by_lr` and
+:func:`warmup_relation` are what the chapter calls.
 """
 
 from __future__ import annotations
@@ -97,12 +104,14 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
+from itertools import pairwise
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-from ._seed import SeedSpread
+from ._seed import SeedSpread, torch_seed
 from ._validation import check_choice, check_positive_int
 from .data import associative_recall, recall_bag_accuracy, recall_dims
 from .ensemble import train_ensemble
@@ -114,6 +123,7 @@ from .transformers import NORM_PLACEMENTS, RESIDUAL_SCALINGS, Transformer, build
 __all__ = [
     "EXPERIMENTS",
     "FULL_SWEEP",
+    "MLP_HIDDEN",
     "RECALL_BATCH",
     "RECALL_SPLITS",
     "RECALL_THRESHOLD",
@@ -121,24 +131,36 @@ __all__ = [
     "SCALING_VARIANTS",
     "TRIAL_SWEEP",
     "WARMUP_DEPTH",
+    "WARMUP_LRS",
+    "BaselineRun",
+    "EarlyGradients",
     "RecallJob",
+    "RecallMLP",
     "RecallRun",
     "RecallSummary",
     "SweepSettings",
     "TransformerConfig",
+    "baseline_from_json",
+    "baseline_to_json",
+    "build_recall_mlp",
     "choose_recall_lr",
+    "early_gradients",
+    "load_recall_baseline",
     "load_recall_runs",
     "recall_chance",
     "recall_splits",
+    "run_recall_baseline",
     "run_recall_groups",
     "run_recall_jobs",
     "runs_from_json",
     "runs_to_json",
     "save_recall_runs",
     "spread_by_lr",
+    "summarize_baseline",
     "summarize_recall",
     "train_recall",
     "train_recall_group",
+    "train_recall_mlp",
     "warmup_relation",
 ]
 
@@ -156,6 +178,14 @@ RECALL_THRESHOLD = 0.9
 """The final test accuracy at which a run counts as trained (bag bound 0.41, chance 0.125)."""
 WARMUP_DEPTH = 6
 """Blocks of experiment A's models (Xiong et al.'s 6-layer encoder and decoder)."""
+WARMUP_LRS: tuple[float, ...] = tuple(
+    sorted(GRID_LRS + tuple(math.sqrt(a * b) for a, b in pairwise(GRID_LRS[2:6])))
+)
+"""The learning rates of experiment A (warm-up): ``GRID_LRS`` with the geometric midpoints of its
+steps from 4.6e-4 to 4.6e-2 added (1e-3, 4.6e-3, 2.2e-2), a factor 10^(1/3) apart where the
+rates that train lie, so that the edge where post-LN stops training without warm-up is located
+more finely. Every group of the experiment (pre- and post-LN, with and without warm-up) uses all of
+them; experiment B chooses among ``GRID_LRS`` only, as every remedy there."""
 SCALING_DEPTHS: tuple[int, ...] = (6, 24)
 """Depths of experiment B."""
 SCALING_VARIANTS: tuple[tuple[str, str], ...] = (
@@ -188,19 +218,25 @@ def recall_chance() -> float:
 @dataclass(frozen=True)
 class TransformerConfig:
     """One model of the comparisons: ``build_transformer(depth, width, heads, norm=norm,
-    residual=residual, seed=seed)`` with the recall task's dimensions."""
+    residual=residual, causal=causal, seed=seed)`` with the recall task's dimensions. The models
+    are causal (each position attends to itself and the positions before it), as in the
+    decoder-only language models readers train; a causal stack learns the recall task several times
+    faster than a bidirectional one (a pilot at 2 blocks: about 500 updates against 2,200)."""
 
     norm: str
     residual: str = "plain"
     depth: int = WARMUP_DEPTH
     width: int = 32
     heads: int = 4
+    causal: bool = True
 
     def __post_init__(self) -> None:
         check_choice("norm", self.norm, NORM_PLACEMENTS)
         check_choice("residual", self.residual, RESIDUAL_SCALINGS)
         for name in ("depth", "width", "heads"):
             check_positive_int(name, getattr(self, name))
+        if not isinstance(self.causal, bool):
+            raise TypeError(f"causal must be a bool, got {type(self.causal).__name__}")
         # build_transformer's own checks (combinations, width % heads), on a model of one block
         build_transformer(1, self.width, self.heads, norm=self.norm, residual=self.residual)
 
@@ -219,7 +255,7 @@ class TransformerConfig:
         vocab, seq_len, classes = recall_dims()
         return build_transformer(
             self.depth, self.width, self.heads, norm=self.norm, residual=self.residual, vocab=vocab,
-            max_len=seq_len, out_features=classes, seed=seed,
+            max_len=seq_len, out_features=classes, causal=self.causal, seed=seed,
         )  # fmt: skip
 
 
@@ -278,12 +314,15 @@ class RecallRun:
 @dataclass(frozen=True)
 class SweepSettings:
     """The budget and the grid of one sweep: ``FULL_SWEEP`` (the chapter's) or ``TRIAL_SWEEP``
-    (a small one that tries the machinery in a few minutes)."""
+    (a small one that tries the machinery in a few minutes). ``lrs``: the rates of every group;
+    ``warmup_lrs``: experiment A's instead, a superset of ``lrs`` (None: ``lrs``); see
+    :meth:`rates`."""
 
     steps: int = 1_500
     eval_every: int = 50
     warmup_steps: int = 150
     lrs: tuple[float, ...] = GRID_LRS
+    warmup_lrs: tuple[float, ...] | None = None
     seeds: tuple[int, ...] = HARNESS_SEEDS
     warmup_depth: int = WARMUP_DEPTH
     scaling_depths: tuple[int, ...] = SCALING_DEPTHS
@@ -297,8 +336,17 @@ class SweepSettings:
             raise ValueError(
                 f"steps must be a multiple of eval_every, got {self.steps} and {self.eval_every}"
             )
-        if not self.lrs or any(not (isinstance(v, float) and v > 0) for v in self.lrs):
-            raise ValueError(f"lrs must be one or more floats > 0, got {self.lrs!r}")
+        for name in ("lrs", "warmup_lrs"):
+            rates = getattr(self, name)
+            if rates is None and name == "warmup_lrs":
+                continue
+            if not rates or any(not (isinstance(v, float) and v > 0) for v in rates):
+                raise ValueError(f"{name} must be one or more floats > 0, got {rates!r}")
+            if list(rates) != sorted(set(rates)):
+                raise ValueError(f"{name} must be increasing, got {rates!r}")
+        if self.warmup_lrs is not None and not set(self.lrs) <= set(self.warmup_lrs):
+            raise ValueError("warmup_lrs must hold every rate of lrs (experiment B's plain groups at "
+                             "warmup_depth are experiment A's)")  # fmt: skip
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct ints, at least one, got {self.seeds!r}")
 
@@ -318,10 +366,17 @@ class SweepSettings:
                        for n, r in self.variants]  # fmt: skip
         return sorted(dict.fromkeys(groups), key=lambda g: -g[0].depth)
 
+    def rates(self, config: TransformerConfig) -> tuple[float, ...]:
+        """The learning rates of ``config``'s groups: ``warmup_lrs`` for experiment A's models
+        (plain pre- and post-LN at ``warmup_depth``; ``lrs`` where ``warmup_lrs`` is None), ``lrs``
+        for every other."""
+        in_a = config.depth == self.warmup_depth and config.residual == "plain" and config.norm != "none"
+        return self.warmup_lrs if in_a and self.warmup_lrs is not None else self.lrs
+
     def jobs(self, experiment: str = "all") -> list[RecallJob]:
         """The runs of :meth:`groups` (each run once), group by group, each group's in the order
-        rate, then seed."""
-        return [RecallJob(c, lr, s, w) for c, w in self.groups(experiment) for lr in self.lrs
+        rate (:meth:`rates`), then seed."""
+        return [RecallJob(c, lr, s, w) for c, w in self.groups(experiment) for lr in self.rates(c)
                 for s in self.seeds]  # fmt: skip
 
     def to_json(self) -> dict:
@@ -332,26 +387,29 @@ class SweepSettings:
         return cls(
             steps=int(data["steps"]), eval_every=int(data["eval_every"]),
             warmup_steps=int(data["warmup_steps"]), lrs=tuple(float(v) for v in data["lrs"]),
+            warmup_lrs=None if data["warmup_lrs"] is None else tuple(float(v) for v in data["warmup_lrs"]),
             seeds=tuple(int(s) for s in data["seeds"]), warmup_depth=int(data["warmup_depth"]),
             scaling_depths=tuple(int(d) for d in data["scaling_depths"]),
             variants=tuple((str(n), str(r)) for n, r in data["variants"]),
         )  # fmt: skip
 
 
-FULL_SWEEP = SweepSettings()
-"""The chapter's sweep: 1,500 updates, warm-up over 150, every rate of ``GRID_LRS``, seeds
-``HARNESS_SEEDS``, depth 6 for A, depths 6 and 24 for B (336 runs in all: 96 for A, 288 for B, 48
-of them shared)."""
+FULL_SWEEP = SweepSettings(warmup_lrs=WARMUP_LRS)
+"""The chapter's sweep: 1,500 updates, warm-up over 150, every rate of ``WARMUP_LRS`` for A and of
+``GRID_LRS`` for B, seeds ``HARNESS_SEEDS``, depth 6 for A, depths 6 and 24 for B (372 runs in all:
+132 for A, 288 for B, 48 of them shared)."""
 TRIAL_SWEEP = SweepSettings(
     steps=300,
     eval_every=50,
     warmup_steps=30,
     lrs=(GRID_LRS[2], GRID_LRS[4], GRID_LRS[6]),
+    warmup_lrs=(GRID_LRS[2], GRID_LRS[3], GRID_LRS[4], GRID_LRS[6]),
     seeds=(0, 1),
     warmup_depth=2,
     scaling_depths=(2, 4),
 )
-"""A small sweep that runs in a few CPU-minutes: 300 updates, three rates (4.6e-4, 1e-2, 0.22),
+"""A small sweep that runs in a few CPU-minutes: 300 updates, three rates (4.6e-4, 1e-2, 0.22; A
+also 2.2e-3),
 two seeds, depth 2 for A, depths 2 and 4 for B. Too short for the task (no run reaches the
 threshold): it checks the machinery, not the claims."""
 
@@ -497,7 +555,7 @@ def train_recall_group(
     flush_denormal: bool = True,
 ) -> list[RecallRun]:
     """Train the group ``(config, warmup_steps)``: the runs ``RecallJob(config, lr, seed,
-    warmup_steps)`` for every ``lr`` of ``settings.lrs`` and ``seed`` of ``settings.seeds``, as one
+    warmup_steps)`` for every ``lr`` of ``settings.rates(config)`` and ``seed`` of ``settings.seeds``, as one
     batched ensemble (``vglib.ensemble.train_ensemble``; see the module docstring), and return their
     records in the order rate, then seed.
 
@@ -522,7 +580,7 @@ def train_recall_group(
         if int(tokens.min()) < 0 or int(tokens.max()) >= vocab:
             raise ValueError(f"token ids must lie in [0, {vocab - 1}]")
     (x_val, y_val), (x_test, y_test) = splits["validation"], splits["test"]
-    members = [(seed, lr) for lr in settings.lrs for seed in settings.seeds]
+    members = [(seed, lr) for lr in settings.rates(config) for seed in settings.seeds]
     start, cpu_start = time.perf_counter(), time.process_time()
     if flush_denormal:
         torch.set_flush_denormal(True)
@@ -584,21 +642,197 @@ def run_recall_jobs(
     return map_in_processes(_train_job, [(job, settings) for job in jobs], processes)
 
 
+# --- the first updates, in gradient terms -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EarlyGradients:
+    """The first updates of one run, as :func:`early_gradients` records them: after each update in
+    ``steps``, the norm of the gradient of each block's parameters (``block_grad_norms``, shape
+    ``(len(steps), depth)``, block 1 first: the gradient that update used), and the mean
+    cross-entropy on the first 256 validation sequences (``validation_loss``; ``ln 8`` = 2.08 is a
+    uniform guess over the 8 classes)."""
+
+    job: RecallJob
+    steps: tuple[int, ...]
+    block_grad_norms: np.ndarray
+    validation_loss: np.ndarray
+
+    def first_to_last(self) -> np.ndarray:
+        """Block 1's gradient norm over the last block's, at each recorded update."""
+        return self.block_grad_norms[:, 0] / self.block_grad_norms[:, -1]
+
+
+def _grad_norm(module: nn.Module) -> float:
+    """The norm of the gradient of ``module``'s parameters, all of them as one vector (float64)."""
+    squares = [p.grad.double().pow(2).sum() for p in module.parameters() if p.grad is not None]
+    return math.sqrt(float(sum(squares))) if squares else 0.0
+
+
+def early_gradients(job: RecallJob, steps: int = 100, every: int = 1) -> EarlyGradients:
+    """The first ``steps`` updates of :func:`train_recall`'s run ``job`` (the same model,
+    minibatches, warm-up and Adam, through ``vglib.train``), recording every ``every`` updates
+    the gradient norm of each block's parameters and the validation loss (see
+    :class:`EarlyGradients`). Denormals are flushed as in :func:`train_recall`. For what
+    "needs warm-up" means in gradient terms: compare a post-LN run with and without warm-up at a
+    rate where only the run with warm-up trains."""
+    if not isinstance(job, RecallJob):
+        raise TypeError(f"job must be a RecallJob, got {type(job).__name__}")
+    check_positive_int("steps", steps)
+    check_positive_int("every", every)
+    splits = recall_splits()
+    x, y = splits["train"]
+    x_val, y_val = (t[:256] for t in splits["validation"])
+    model = job.config.build(job.seed)
+    recorded: list[int] = []
+    norms: list[list[float]] = []
+    losses: list[float] = []
+
+    def record(step: int, _: nn.Module) -> None:
+        if step % every == 0:
+            recorded.append(step)
+            norms.append([_grad_norm(block) for block in model.blocks])
+            with torch.no_grad():
+                losses.append(float(nn.functional.cross_entropy(model(x_val), y_val)))
+
+    torch.set_flush_denormal(True)
+    try:
+        train(model, x, y, steps=steps, lr=job.lr, batch_size=RECALL_BATCH, optimizer="adam", seed=job.seed,
+              warmup_steps=job.warmup_steps, callback=record, x_eval=x_val[:1], y_eval=y_val[:1],
+              eval_every=steps)  # fmt: skip
+    finally:
+        torch.set_flush_denormal(False)
+    return EarlyGradients(job, tuple(recorded), np.array(norms), np.array(losses))
+
+
+# --- the MLP baseline -------------------------------------------------------------------------------------
+
+MLP_HIDDEN = 512
+"""Hidden units of the MLP baseline (:func:`build_recall_mlp`)."""
+
+
+class RecallMLP(nn.Module):
+    """The baseline without attention: the one-hot sequence, flattened (``vocab x length`` inputs),
+    through one hidden ReLU layer of ``hidden`` units to the ``classes`` logits. It sees every
+    token at every position, so it could represent the task; what it lacks is attention's way of
+    reading the token after a matching key wherever that pair stands."""
+
+    def __init__(self, vocab: int, length: int, classes: int, hidden: int = MLP_HIDDEN):
+        super().__init__()
+        self.vocab = vocab
+        self.net = nn.Sequential(nn.Linear(vocab * length, hidden), nn.ReLU(), nn.Linear(hidden, classes))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return self.net(nn.functional.one_hot(tokens, self.vocab).flatten(1).float())
+
+
+def build_recall_mlp(seed: int, hidden: int = MLP_HIDDEN) -> RecallMLP:
+    """The MLP baseline of seed ``seed``, sized for ``associative_recall``'s defaults (PyTorch's
+    default ``nn.Linear`` initialisation, drawn with ``seed``)."""
+    check_positive_int("hidden", hidden)
+    vocab, length, classes = recall_dims()
+    with torch_seed(seed):
+        return RecallMLP(vocab, length, classes, hidden)
+
+
+@dataclass(frozen=True)
+class BaselineRun:
+    """One run of the MLP baseline: its rate and seed, and its final accuracy on the first 1,000
+    training sequences (``train``: how well it fits what it saw), the validation and the test
+    split; NaN where its loss became non-finite."""
+
+    lr: float
+    seed: int
+    train: float
+    validation: float
+    test: float
+
+    def as_cell(self) -> GridCell:
+        return GridCell("MLP", "recall", self.lr, self.seed, (0,), (self.validation,), (self.test,))
+
+
+def train_recall_mlp(lr: float, seed: int, settings: SweepSettings = FULL_SWEEP) -> BaselineRun:
+    """Train the MLP baseline as the transformers are trained (``vglib.train`` with Adam at ``lr``,
+    minibatches of ``RECALL_BATCH`` drawn with ``seed``, ``settings.steps`` updates, no warm-up) on
+    the training split, and return its final accuracies."""
+    if not (isinstance(lr, float) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite float > 0, got {lr!r}")
+    splits = recall_splits()
+    x, y = splits["train"]
+    model = build_recall_mlp(seed)
+    train(model, x, y, steps=settings.steps, lr=lr, batch_size=RECALL_BATCH, optimizer="adam", seed=seed,
+          x_eval=x[:1], y_eval=y[:1], eval_every=settings.steps)  # fmt: skip
+    return BaselineRun(
+        lr, seed, _accuracy(model, x[:1_000], y[:1_000]), _accuracy(model, *splits["validation"]),
+        _accuracy(model, *splits["test"]),
+    )  # fmt: skip
+
+
+def _train_baseline(args: tuple[float, int, SweepSettings]) -> BaselineRun:
+    return train_recall_mlp(*args)
+
+
+def run_recall_baseline(
+    settings: SweepSettings = FULL_SWEEP, processes: int | None = None
+) -> list[BaselineRun]:
+    """The MLP baseline at every rate of ``settings.lrs`` (``GRID_LRS``: the remedies' grid) and
+    every seed, in ``processes`` worker processes, in the order rate, then seed."""
+    jobs = [(lr, seed, settings) for lr in settings.lrs for seed in settings.seeds]
+    return map_in_processes(_train_baseline, jobs, processes)
+
+
+def summarize_baseline(runs: Iterable[BaselineRun]) -> tuple[float, SeedSpread, SeedSpread]:
+    """``(lr, test, train)`` of the MLP baseline at the rate chosen as for the transformers (best
+    median final validation accuracy, no seed diverged): its test accuracy and its accuracy on
+    training sequences, median and range over the seeds."""
+    runs = list(runs)
+    lr = choose_lr((r.as_cell() for r in runs), "accuracy")
+    at = sorted((r for r in runs if r.lr == lr), key=lambda r: r.seed)
+    seeds = tuple(r.seed for r in at)
+    return lr, SeedSpread(seeds, tuple(r.test for r in at)), SeedSpread(seeds, tuple(r.train for r in at))
+
+
+def baseline_to_json(runs: Iterable[BaselineRun]) -> list[dict]:
+    """The baseline runs as JSON-ready dicts (NaN as the string ``"nan"``)."""
+    return [{"lr": r.lr, "seed": r.seed, "train": _number(r.train), "validation": _number(r.validation),
+             "test": _number(r.test)} for r in runs]  # fmt: skip
+
+
+def baseline_from_json(rows: Iterable[dict]) -> list[BaselineRun]:
+    """The inverse of :func:`baseline_to_json`."""
+    return [BaselineRun(float(r["lr"]), int(r["seed"]), float(r["train"]), float(r["validation"]),
+                        float(r["test"])) for r in rows]  # fmt: skip
+
+
 # --- choosing, summarising ---------------------------------------------------------------------------------
 
 
-def _group(runs: Iterable[RecallRun], config: TransformerConfig, warmup_steps: int) -> list[RecallRun]:
-    chosen = [r for r in runs if r.job.config == config and r.job.warmup_steps == warmup_steps]
+def _group(
+    runs: Iterable[RecallRun],
+    config: TransformerConfig,
+    warmup_steps: int,
+    lrs: Sequence[float] | None = None,
+) -> list[RecallRun]:
+    chosen = [r for r in runs if r.job.config == config and r.job.warmup_steps == warmup_steps
+              and (lrs is None or r.job.lr in lrs)]  # fmt: skip
     if not chosen:
-        raise ValueError(f"no runs of {config.label} with warmup_steps={warmup_steps}")
+        raise ValueError(f"no runs of {config.label} with warmup_steps={warmup_steps}"
+                         + ("" if lrs is None else f" at the rates {tuple(lrs)}"))  # fmt: skip
     return chosen
 
 
-def choose_recall_lr(runs: Iterable[RecallRun], config: TransformerConfig, warmup_steps: int = 0) -> float:
+def choose_recall_lr(
+    runs: Iterable[RecallRun],
+    config: TransformerConfig,
+    warmup_steps: int = 0,
+    lrs: Sequence[float] | None = None,
+) -> float:
     """The learning rate ``vglib.grid.choose_lr`` chooses for one group (``config`` with
     ``warmup_steps``): the best median final validation accuracy over the seeds, among the rates
-    at which no seed diverged (ties: the smaller rate)."""
-    return choose_lr((r.as_cell() for r in _group(runs, config, warmup_steps)), "accuracy")
+    at which no seed diverged (ties: the smaller rate). ``lrs`` restricts the choice to those rates
+    (experiment B passes ``SweepSettings.lrs``, so that plain pre- and post-LN, whose runs at
+    ``warmup_depth`` have experiment A's finer grid, are tuned on the same grid as the remedies)."""
+    return choose_lr((r.as_cell() for r in _group(runs, config, warmup_steps, lrs)), "accuracy")
 
 
 @dataclass(frozen=True)
@@ -626,9 +860,11 @@ def summarize_recall(
     config: TransformerConfig,
     warmup_steps: int = 0,
     threshold: float = RECALL_THRESHOLD,
+    lrs: Sequence[float] | None = None,
 ) -> RecallSummary:
-    """The summary of one group at the learning rate :func:`choose_recall_lr` picks."""
-    group = _group(runs, config, warmup_steps)
+    """The summary of one group at the learning rate :func:`choose_recall_lr` picks (among
+    ``lrs`` where given)."""
+    group = _group(runs, config, warmup_steps, lrs)
     lr = choose_recall_lr(group, config, warmup_steps)
     at = [r for r in group if r.job.lr == lr]
     cells = [r.as_cell() for r in at]
@@ -701,7 +937,7 @@ def runs_from_json(rows: Iterable[dict]) -> list[RecallRun]:
     runs = []
     for r in rows:
         config = TransformerConfig(
-            r["norm"], r["residual"], int(r["depth"]), int(r["width"]), int(r["heads"])
+            r["norm"], r["residual"], int(r["depth"]), int(r["width"]), int(r["heads"]), bool(r["causal"])
         )
         job = RecallJob(config, float(r["lr"]), int(r["seed"]), int(r["warmup_steps"]))
         diverged = r["diverged_at"]
@@ -714,11 +950,16 @@ def runs_from_json(rows: Iterable[dict]) -> list[RecallRun]:
 
 
 def save_recall_runs(
-    path: str | Path, runs: Iterable[RecallRun], settings: SweepSettings, meta: dict | None = None
+    path: str | Path,
+    runs: Iterable[RecallRun],
+    settings: SweepSettings,
+    meta: dict | None = None,
+    baseline: Iterable[BaselineRun] = (),
 ) -> None:
-    """Write ``{"meta": {...}, "settings": settings, "runs": [...]}`` to ``path`` as JSON. The meta
-    records the task's splits, batch, threshold, bag bound and chance beside anything passed in
-    ``meta`` (the CPU, the wall time)."""
+    """Write ``{"meta": {...}, "settings": settings, "runs": [...], "baseline": [...]}`` to ``path``
+    as JSON. The meta records the task's splits, batch, threshold, bag bound and chance beside
+    anything passed in ``meta`` (the CPU, the wall time); ``baseline`` holds the MLP baseline's
+    runs (:func:`run_recall_baseline`)."""
     fixed = {
         "splits": {k: list(v) for k, v in RECALL_SPLITS.items()},
         "batch": RECALL_BATCH,
@@ -728,7 +969,8 @@ def save_recall_runs(
         "optimizer": "adam",
         "flush_denormal": True,
     }
-    data = {"meta": {**fixed, **(meta or {})}, "settings": settings.to_json(), "runs": runs_to_json(runs)}
+    data = {"meta": {**fixed, **(meta or {})}, "settings": settings.to_json(), "runs": runs_to_json(runs),
+            "baseline": baseline_to_json(baseline)}  # fmt: skip
     Path(path).write_text(json.dumps(data) + "\n")
 
 
@@ -743,3 +985,8 @@ def load_recall_runs(path: str | Path) -> tuple[list[RecallRun], SweepSettings, 
         )
     data = json.loads(path.read_text())
     return runs_from_json(data["runs"]), SweepSettings.from_json(data["settings"]), data["meta"]
+
+
+def load_recall_baseline(path: str | Path) -> list[BaselineRun]:
+    """The MLP baseline's runs in a file :func:`save_recall_runs` wrote."""
+    return baseline_from_json(json.loads(Path(path).read_text())["baseline"])

@@ -374,8 +374,8 @@ def build_transformer(
     *,
     norm: str = "pre",
     residual: str = "plain",
-    vocab: int = 16,
-    max_len: int = 9,
+    vocab: int = 17,
+    max_len: int = 12,
     out_features: int = 8,
     mlp: bool = True,
     mlp_ratio: int = 4,
@@ -388,7 +388,7 @@ def build_transformer(
 ) -> Transformer:
     """A small :class:`Transformer` of ``depth`` blocks, initialised for the named remedy.
 
-    The defaults ``vocab=16, max_len=9, out_features=8`` fit :func:`~vglib.data.associative_recall` with
+    The defaults ``vocab=17, max_len=12, out_features=8`` fit :func:`~vglib.data.associative_recall` with
     its defaults (:func:`~vglib.data.recall_dims`). ``norm`` is one of ``NORM_PLACEMENTS`` and ``residual``
     one of ``RESIDUAL_SCALINGS``: ``deepnorm`` needs ``norm="post"``, ``tfixup`` needs
     ``norm="none"``. ``layerscale_init`` (``residual="layerscale"`` only) overrides CaiT's

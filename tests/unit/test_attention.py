@@ -218,9 +218,11 @@ def test_zero_queries_give_uniform_attention_at_maximum_entropy():
     with torch.no_grad():
         for block in model.blocks:
             block.attention.q.weight.zero_()
-    stats = vg.attention_statistics(model, _batch()[0])
-    np.testing.assert_allclose(stats.entropy, math.log(9), rtol=1e-12)
-    np.testing.assert_allclose(stats.max_probability, 1 / 9, rtol=1e-12)
+    tokens = _batch()[0]
+    seq = tokens.shape[1]
+    stats = vg.attention_statistics(model, tokens)
+    np.testing.assert_allclose(stats.entropy, math.log(seq), rtol=1e-12)
+    np.testing.assert_allclose(stats.max_probability, 1 / seq, rtol=1e-12)
     np.testing.assert_allclose(stats.logit_std, 0.0, atol=1e-15)
 
 
@@ -340,8 +342,48 @@ def test_softmax_saturation_is_reproducible_per_d():
 def test_softmax_saturation_dataframe():
     pytest.importorskip("pandas")
     frame = vg.softmax_saturation(np.array([4, 8]), scaled=True, samples=10).to_dataframe()
-    assert list(frame.columns) == ["d", "logit_std", "jacobian_norm", "max_probability", "entropy"]
+    assert list(frame.columns) == [
+        "d",
+        "logit_std",
+        "jacobian_norm",
+        "max_probability",
+        "entropy",
+        "query_jacobian_norm",
+        "key_jacobian_norm",
+    ]
     assert list(frame["d"]) == [4, 8]
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_query_and_key_jacobians_against_autograd_on_the_same_draws(scaled):
+    d, keys, samples, seed = 5, 4, 3, 2
+    result = vg.softmax_saturation([d], scaled=scaled, keys=keys, samples=samples, seed=seed)
+    # the same draws, as the docstring says: one generator per d, q then k
+    per_d = np.random.SeedSequence([vg.shifted_seed(seed), d]).generate_state(1)[0]
+    gen = torch.Generator().manual_seed(int(per_d))
+    q = torch.randn(samples, 1, d, generator=gen, dtype=torch.float64)
+    k = torch.randn(samples, keys, d, generator=gen, dtype=torch.float64)
+    scale = 1 / math.sqrt(d) if scaled else 1.0
+    by_query, by_key = [], []
+    for qi, ki in zip(q, k, strict=True):
+        dq, dk = torch.autograd.functional.jacobian(
+            lambda qq, kk: torch.softmax(scale * (kk @ qq[0]), -1), (qi, ki)
+        )
+        by_query.append(float(dq.norm()))
+        by_key.append(float(dk.norm()))
+    assert result.query_jacobian_norm[0] == pytest.approx(np.mean(by_query), rel=1e-10)
+    assert result.key_jacobian_norm[0] == pytest.approx(np.mean(by_key), rel=1e-10)
+
+
+def test_without_the_scale_the_query_gets_more_gradient_though_the_softmax_saturates():
+    d_values = [16, 64, 256]
+    unscaled = vg.softmax_saturation(d_values, scaled=False, samples=500)
+    scaled = vg.softmax_saturation(d_values, scaled=True, samples=500)
+    assert np.all(unscaled.jacobian_norm < scaled.jacobian_norm)  # dp/dz shrinks ...
+    ratio = unscaled.query_jacobian_norm / scaled.query_jacobian_norm  # ... dp/dq = s J K grows
+    assert np.all(ratio > 2) and np.all(np.diff(ratio) > 0)
+    # scaled, dp/dq = J K / sqrt(d) with ||K||_F ~ sqrt(keys d): about ||J||_F sqrt(keys) / sqrt(keys)
+    np.testing.assert_allclose(scaled.query_jacobian_norm, scaled.jacobian_norm, rtol=0.1)
 
 
 # --- output_change ------------------------------------------------------------------------------------------
@@ -359,23 +401,44 @@ def test_output_change_is_zero_without_perturbation_and_scales_as_delta_squared(
 def test_output_change_matches_a_hand_made_perturbation():
     model = _tiny(2, norm="pre")
     tokens, _ = _batch()
-    got = vg.output_change(model, tokens, delta=0.05, samples=1, seed=4)
-    # the same perturbation, drawn as the docstring says: one generator, matrices in block order
-    reference = copy.deepcopy(model).double()
-    with torch.no_grad():
-        base = _stream_by_hand(reference, tokens)[-1]
-        gen = seeded_generator(4)
-        for block in reference.blocks:
-            for name in BLOCK_WEIGHTS:
-                w = block.get_submodule(name).weight
-                w += (
-                    0.05
-                    * w.norm()
-                    / math.sqrt(w.numel())
-                    * torch.randn(w.shape, generator=gen, dtype=w.dtype)
-                )
-        moved = _stream_by_hand(reference, tokens)[-1]
-    assert got == pytest.approx(float((moved - base).pow(2).sum() / base.pow(2).sum()), rel=1e-10)
+    for perturbation in ("absolute", "relative"):
+        got = vg.output_change(model, tokens, delta=0.05, perturbation=perturbation, samples=1, seed=4)
+        # the same perturbation, drawn as the docstring says: one generator, matrices in block order
+        reference = copy.deepcopy(model).double()
+        with torch.no_grad():
+            base = _stream_by_hand(reference, tokens)[-1]
+            gen = seeded_generator(4)
+            for block in reference.blocks:
+                for name in BLOCK_WEIGHTS:
+                    w = block.get_submodule(name).weight
+                    size = w.norm() / math.sqrt(w.numel()) if perturbation == "relative" else 1.0
+                    w += 0.05 * size * torch.randn(w.shape, generator=gen, dtype=w.dtype)
+            moved = _stream_by_hand(reference, tokens)[-1]
+        expected = float((moved - base).pow(2).sum() / base.pow(2).sum())
+        assert got == pytest.approx(expected, rel=1e-10), perturbation
+    default = vg.output_change(model, tokens, delta=0.05, samples=1, seed=4)
+    assert default == vg.output_change(model, tokens, delta=0.05, perturbation="absolute", samples=1, seed=4)
+
+
+def test_relative_perturbation_also_shrinks_the_change_of_smaller_weights():
+    tokens, _ = _batch()
+    model = _tiny(3, norm="post")
+    smaller = copy.deepcopy(model)
+    with torch.no_grad():  # the value, output and MLP weights halved, as a beta-scaled init does
+        for block in smaller.blocks:
+            for layer in (block.attention.v, block.attention.out, block.mlp[0], block.mlp[2]):
+                layer.weight.mul_(0.5)
+    changes = {
+        (which, perturbation): vg.output_change(m, tokens, delta=1e-3, perturbation=perturbation, seed=1)
+        for which, m in (("plain", model), ("smaller", smaller))
+        for perturbation in ("absolute", "relative")
+    }
+    # relative: the halved weights also get a halved change (a quarter of the squared change), on
+    # top of whatever the smaller weights do to the model's sensitivity, which absolute measures alone
+    relative_over_absolute = {
+        which: changes[which, "relative"] / changes[which, "absolute"] for which in ("plain", "smaller")
+    }
+    assert relative_over_absolute["smaller"] < 0.6 * relative_over_absolute["plain"]
 
 
 def test_rezero_blocks_are_the_identity_so_their_weights_change_nothing():
@@ -403,8 +466,8 @@ def test_bad_input_names_the_valid_choices():
         vg.attention_statistics(model, [[1, 2]])
     with pytest.raises(ValueError, match="non-empty batch"):
         vg.token_uniformity(model, torch.zeros(0, 9, dtype=torch.long))
-    with pytest.raises(ValueError, match="max_len = 9"):
-        vg.token_uniformity(model, torch.zeros(2, 10, dtype=torch.long))
+    with pytest.raises(ValueError, match=f"max_len = {model.max_len}"):
+        vg.token_uniformity(model, torch.zeros(2, model.max_len + 1, dtype=torch.long))
     with pytest.raises(ValueError, match=r"torch.float32, torch.float64; got torch.float16"):
         vg.transformer_profile(model, tokens, targets, dtype=torch.float16)
     with pytest.raises(TypeError, match="dtype must be a torch.dtype"):
@@ -429,6 +492,8 @@ def test_bad_input_names_the_valid_choices():
         vg.output_change(model, tokens, delta=0.1, samples=0)
     with pytest.raises(ValueError, match="seed must be a non-negative int"):
         vg.output_change(model, tokens, delta=0.1, seed=-1)
+    with pytest.raises(ValueError, match="'absolute', 'relative'"):
+        vg.output_change(model, tokens, delta=0.1, perturbation="rel")
 
 
 # --- the explorer's frames and the norm-placement figure ----------------------------------------------------

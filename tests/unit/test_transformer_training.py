@@ -126,6 +126,11 @@ def test_summaries_on_a_hand_made_table():
         tt.warmup_relation(runs, c, 1e-3, 5)
     with pytest.raises(ValueError, match="no runs of"):
         tt.summarize_recall(runs, tt.TransformerConfig("pre", depth=2))
+    # restricted to a grid without 1e-2 (experiment B's plain groups), the choice is among the rest
+    narrow = tt.summarize_recall(runs, c, lrs=(1e-3, 1e-1))
+    assert narrow.lr == 1e-3 and narrow.test.values == (0.5, 0.4, 0.6) and narrow.trained == 0
+    with pytest.raises(ValueError, match=r"at the rates \(0\.5,\)"):
+        tt.summarize_recall(runs, c, lrs=(0.5,))
 
 
 def test_the_json_round_trip_is_exact(tmp_path):
@@ -133,8 +138,11 @@ def test_the_json_round_trip_is_exact(tmp_path):
     real = tt.train_recall(tt.RecallJob(tt.TransformerConfig("none", "rezero", depth=1), 1e-3, 2), TINY)
     runs = [*runs, real]
     path = tmp_path / "r.json"
-    tt.save_recall_runs(path, runs, TINY, {"note": "x"})
+    baseline = [tt.BaselineRun(1e-3, 0, 0.5, 0.41, 0.4), tt.BaselineRun(1e-2, 0, 0.9, math.nan, math.nan)]
+    tt.save_recall_runs(path, runs, TINY, {"note": "x"}, baseline)
     back, settings, meta = tt.load_recall_runs(path)
+    again = tt.load_recall_baseline(path)
+    assert again[0] == baseline[0] and math.isnan(again[1].test) and again[1].train == 0.9
     assert settings == TINY and meta["note"] == "x" and meta["bag_bound"] == vg.recall_bag_accuracy()
     assert len(back) == len(runs)
     for a, b in zip(runs, back, strict=True):
@@ -149,13 +157,17 @@ def test_the_json_round_trip_is_exact(tmp_path):
 def test_the_experiments_list_each_run_once():
     full = tt.FULL_SWEEP
     a, b, both = full.jobs("A"), full.jobs("B"), full.jobs("all")
-    assert len(a) == 2 * 2 * 8 * 3 and len(b) == 6 * 2 * 8 * 3
-    shared = {j for j in a if j.warmup_steps == 0}  # plain pre/post at depth 6, no warm-up
-    assert len(both) == len(set(both)) == len(a) + len(b) - len(shared) == 336
-    assert shared <= set(b)
+    # B: 4 remedies at depth 6 and 6 variants at depth 24 on GRID_LRS (8 rates), and plain pre/post
+    # at depth 6, which are A's groups without warm-up, on A's 11 rates (B chooses among the 8)
+    assert len(a) == 2 * 2 * 11 * 3 and len(b) == (4 * 8 + 2 * 11 + 6 * 8) * 3
+    shared = {j for j in a if j.warmup_steps == 0}
+    assert len(shared) == 2 * 11 * 3 and shared <= set(b)
+    assert len(both) == len(set(both)) == len(a) + len(b) - len(shared) == 372
+    assert set(both) == set(a) | set(b)
     assert [j.config.depth for j in both] == sorted((j.config.depth for j in both), reverse=True)
     assert {j.warmup_steps for j in a} == {0, 150} and {j.warmup_steps for j in b} == {0}
     assert full.warmup_steps == full.steps // 10 and full.lrs == vg.grid.GRID_LRS
+    assert full.warmup_lrs == tt.WARMUP_LRS
     assert full.seeds == vg.HARNESS_SEEDS
     labels = {j.config.label for j in b if j.config.depth == 24}
     assert labels == {"pre-LN, 24 blocks", "post-LN, 24 blocks", "DeepNorm (post-LN), 24 blocks",
@@ -266,8 +278,30 @@ def test_groups_list_the_sweeps_runs_once():
     groups = full.groups("all")
     assert len(groups) == len(set(groups)) == 14 and [c.depth for c, _ in groups][:6] == [24] * 6
     assert len(full.groups("A")) == 4 and len(full.groups("B")) == 12
-    assert set(full.jobs("all")) == {tt.RecallJob(c, lr, s, w) for c, w in groups for lr in full.lrs
+    assert set(full.jobs("all")) == {tt.RecallJob(c, lr, s, w) for c, w in groups for lr in full.rates(c)
                                      for s in full.seeds}  # fmt: skip
+    assert {len(full.rates(c)) for c, _ in full.groups("A")} == {11}
+    assert {len(full.rates(c)) for c, _ in full.groups("B") if c.residual != "plain" or c.depth == 24} == {8}
+
+
+def test_experiment_a_has_the_grid_with_its_midpoints():
+    grid, rates = vg.grid.GRID_LRS, tt.WARMUP_LRS
+    assert set(grid) <= set(rates) and len(rates) == len(grid) + 3 and list(rates) == sorted(rates)
+    added = sorted(set(rates) - set(grid))
+    assert added == pytest.approx([1e-3, 10 ** (-7 / 3), 10 ** (-5 / 3)], rel=1e-12)
+    # each added rate sits halfway (in log) between its neighbours
+    for lr in added:
+        k = rates.index(lr)
+        assert math.log(lr / rates[k - 1]) == pytest.approx(math.log(rates[k + 1] / lr), rel=1e-9)
+    with pytest.raises(ValueError, match="warmup_lrs must hold every rate of lrs"):
+        tt.SweepSettings(lrs=(1e-3, 1e-2), warmup_lrs=(1e-3,))
+    with pytest.raises(ValueError, match="lrs must be increasing"):
+        tt.SweepSettings(lrs=(1e-2, 1e-3))
+    plain = tt.SweepSettings(lrs=(1e-3,))
+    assert plain.rates(tt.TransformerConfig("post")) == (1e-3,)  # None: the same rates
+    assert (
+        tt.TransformerConfig("pre").causal and tt.TransformerConfig("pre").build(0).blocks[0].attention.causal
+    )
 
 
 def test_bad_group_input_names_the_valid_choices():
@@ -277,3 +311,109 @@ def test_bad_group_input_names_the_valid_choices():
         tt.train_recall_group(tt.TransformerConfig("pre", depth=1), 0, GROUP, steps=15)
     with pytest.raises(ValueError, match="warmup_steps must be an int >= 0"):
         tt.train_recall_group(tt.TransformerConfig("pre", depth=1), -1, GROUP)
+
+
+# --- the MLP baseline --------------------------------------------------------------------------------------
+
+
+def test_the_mlp_baseline_sees_one_hot_tokens_and_trains_like_the_transformers():
+    model = tt.build_recall_mlp(3)
+    vocab, length, classes = vg.recall_dims()
+    assert model.net[0].in_features == vocab * length and model.net[-1].out_features == classes
+    tokens, _ = vg.associative_recall(5, seed=1)
+    hand = model.net(F.one_hot(tokens, vocab).reshape(5, -1).float())
+    torch.testing.assert_close(model(tokens), hand, rtol=0, atol=0)
+    assert torch.equal(tt.build_recall_mlp(3).net[0].weight, model.net[0].weight)
+    assert not torch.equal(tt.build_recall_mlp(4).net[0].weight, model.net[0].weight)
+    # one baseline run is vglib.train on this model, with the transformers' batch and budget
+    run = tt.train_recall_mlp(1e-2, 1, TINY)
+    reference = tt.build_recall_mlp(1)
+    x, y = tt.recall_splits()["train"]
+    vg.train(reference, x, y, steps=TINY.steps, lr=1e-2, batch_size=tt.RECALL_BATCH, optimizer="adam", seed=1)
+    x_test, y_test = tt.recall_splits()["test"]
+    with torch.no_grad():
+        expected = float((reference(x_test).argmax(1) == y_test).double().mean())
+    assert run.test == expected and run.lr == 1e-2 and run.seed == 1
+    assert tt.train_recall_mlp(1e-2, 1, TINY) == run
+    with pytest.raises(ValueError, match="lr must be"):
+        tt.train_recall_mlp(0.0, 0, TINY)
+
+
+def test_the_baseline_summary_chooses_on_validation():
+    runs = [tt.BaselineRun(lr, s, 1.0, val, test) for lr, s, val, test in [
+        (1e-3, 0, 0.40, 0.38), (1e-3, 1, 0.42, 0.44), (1e-2, 0, 0.43, 0.30), (1e-2, 1, 0.41, 0.31),
+    ]]  # fmt: skip
+    lr, test, fit = tt.summarize_baseline(runs)
+    assert lr == 1e-2 and test.values == (0.30, 0.31) and fit.values == (1.0, 1.0)  # median 0.42 > 0.41
+
+
+# --- the first updates in gradient terms --------------------------------------------------------------------
+
+
+def test_early_gradients_are_the_block_gradients_of_the_runs_updates():
+    job = tt.RecallJob(tt.TransformerConfig("post", depth=2), 3e-3, 1, 4)
+    early = tt.early_gradients(job, steps=6, every=2)
+    assert early.steps == (2, 4, 6) and early.block_grad_norms.shape == (3, 2)
+    # by hand: the same Adam, warm-up and minibatches as the hand-written run above
+    splits = tt.recall_splits()
+    x, y = splits["train"]
+    x_val, y_val = splits["validation"][0][:256], splits["validation"][1][:256]
+    model = job.config.build(job.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=job.lr)
+    generator = seeded_generator(job.seed)
+    for step in range(1, 7):
+        for group in opt.param_groups:
+            group["lr"] = job.lr * min(1.0, step / job.warmup_steps)
+        index = torch.randint(0, len(x), (tt.RECALL_BATCH,), generator=generator)
+        opt.zero_grad()
+        F.cross_entropy(model(x[index]), y[index]).backward()
+        opt.step()
+        if step % 2 == 0:
+            row = early.steps.index(step)
+            for b, block in enumerate(model.blocks):
+                expected = math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in block.parameters()))
+                assert early.block_grad_norms[row, b] == pytest.approx(expected, rel=1e-12)
+            with torch.no_grad():
+                loss = float(F.cross_entropy(model(x_val), y_val))
+            assert early.validation_loss[row] == pytest.approx(loss, rel=1e-12)
+    np.testing.assert_array_equal(
+        early.first_to_last(), early.block_grad_norms[:, 0] / early.block_grad_norms[:, 1]
+    )
+    with pytest.raises(TypeError, match="RecallJob"):
+        tt.early_gradients("post")  # type: ignore[arg-type]
+
+
+# --- the figures of the training sections -------------------------------------------------------------------
+
+
+def test_plot_accuracy_by_lr_draws_medians_ranges_and_marks_divergence():
+    spreads = {
+        "a": {
+            1e-3: vg.SeedSpread((0, 1, 2), (0.2, 0.4, 0.3)),
+            1e-2: vg.SeedSpread((0, 1, 2), (0.9, 1.0, math.nan)),
+        },
+        "b": {1e-3: vg.SeedSpread((0, 1), (0.5, 0.7))},
+    }
+    fig = vg.plot_accuracy_by_lr(spreads, {"bound": 0.41})
+    ax = fig.axes[0]
+    a_line = ax.lines[0]
+    medians = a_line.get_ydata()
+    assert medians[0] == pytest.approx(0.3) and math.isnan(medians[1])  # the diverged rate is left out
+    crosses = [line for line in ax.lines if line.get_marker() == "x"]
+    assert len(crosses) == 1 and list(crosses[0].get_ydata()) == [0.0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["bound", "a", "b"]
+    assert ax.get_xscale() == "log"
+    with pytest.raises(ValueError, match="at least one"):
+        vg.plot_accuracy_by_lr({})
+
+
+def test_plot_early_gradients_draws_the_ratio_and_the_loss():
+    job = tt.RecallJob(tt.TransformerConfig("post", depth=2), 1e-3, 0)
+    run = tt.EarlyGradients(job, (1, 2), np.array([[2.0, 4.0], [1.0, 8.0]]), np.array([2.1, 2.0]))
+    fig = vg.plot_early_gradients({"no warm-up": run}, chance_loss=math.log(8))
+    left, right = fig.axes
+    np.testing.assert_array_equal(left.lines[0].get_ydata(), [0.5, 0.125])
+    np.testing.assert_array_equal(right.lines[0].get_ydata(), [2.1, 2.0])
+    assert right.lines[-1].get_ydata()[0] == pytest.approx(math.log(8))
+    with pytest.raises(ValueError, match="at least one run"):
+        vg.plot_early_gradients({})
