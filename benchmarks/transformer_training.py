@@ -40,7 +40,7 @@ blocks     one run at a time    a group of 24, batched      speed-up
 A diverged member trains on in its group (results NaN), so early divergence saves nothing.
 
 ``tests/test_transformer_training.py`` checks that every group in the file is whole, and re-runs the
-first 100 updates of one random recorded group and one random baseline run on the pinned path,
+first 50 updates of one random recorded group and one random baseline run on the pinned path,
 comparing them exactly.
 """
 

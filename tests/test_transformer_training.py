@@ -36,9 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PATH = ROOT / tt.RESULTS_FILE
 MAX_RECHECK_DEPTH = 6
 """The deepest group the re-run may draw."""
-PREFIX = 100
-"""Updates re-run (two evaluations; a 6-block group of the full sweep, 24 runs, takes about 35
-CPU-seconds for them)."""
+PREFIX = 50
+"""Updates re-run (one evaluation; a 6-block group of experiment A, 33 runs, takes about 25
+CPU-seconds for them, 70 on a machine as loaded as the one the test suite runs on)."""
 
 
 def recorded() -> tuple[list[tt.RecallRun], tt.SweepSettings, dict]:
