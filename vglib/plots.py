@@ -891,7 +891,7 @@ def plot_accuracy_by_lr(
     lines (e.g. the bag bound, the MLP baseline, the threshold)."""
     if not spreads:
         raise ValueError("plot_accuracy_by_lr needs at least one labelled set of spreads")
-    fig = _new_figure(5.6, 3.6)
+    fig = _new_figure(8.0, 3.6)
     ax = fig.subplots()
     styles = ("-", "--", "-.", ":")
     for i, (label, by_lr) in enumerate(spreads.items()):
@@ -916,7 +916,7 @@ def plot_accuracy_by_lr(
     ax.set_ylim(-0.03, 1.03)
     ax.set(xlabel="learning rate (Adam)", ylabel=ylabel, title=title)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7.5, framealpha=1.0, loc="upper left")
+    ax.legend(fontsize=8, framealpha=1.0, loc="center left", bbox_to_anchor=(1.02, 0.5))  # beside the data
     return fig
 
 
