@@ -651,12 +651,16 @@ class EarlyGradients:
     ``steps``, the norm of the gradient of each block's parameters (``block_grad_norms``, shape
     ``(len(steps), depth)``, block 1 first: the gradient that update used), and the mean
     cross-entropy on the first 256 validation sequences (``validation_loss``; ``ln 8`` = 2.08 is a
-    uniform guess over the 8 classes)."""
+    uniform guess over the 8 classes); ``model``, the model after the last update (None where not
+    kept), to measure further. ``block_grad_norms`` are *parameter* gradients, not the
+    backpropagated ``||dL/dx||`` of the stream (measure that with
+    :func:`~vglib.attention.transformer_profile` on ``model``)."""
 
     job: RecallJob
     steps: tuple[int, ...]
     block_grad_norms: np.ndarray
     validation_loss: np.ndarray
+    model: nn.Module | None = field(default=None, compare=False, repr=False)
 
     def first_to_last(self) -> np.ndarray:
         """Block 1's gradient norm over the last block's, at each recorded update."""
@@ -702,7 +706,7 @@ def early_gradients(job: RecallJob, steps: int = 100, every: int = 1) -> EarlyGr
               eval_every=steps)  # fmt: skip
     finally:
         torch.set_flush_denormal(False)
-    return EarlyGradients(job, tuple(recorded), np.array(norms), np.array(losses))
+    return EarlyGradients(job, tuple(recorded), np.array(norms), np.array(losses), model)
 
 
 # --- the MLP baseline -------------------------------------------------------------------------------------

@@ -3,12 +3,14 @@ alone (vglib.train), divergence, the lr choice on a
 hand-made table, the summaries, the JSON round trip, the experiments' job lists, bad input."""
 
 import math
+from collections.abc import Iterator
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import vglib as vg
 from vglib import transformer_training as tt
@@ -18,16 +20,14 @@ TINY = tt.SweepSettings(steps=6, eval_every=3, warmup_steps=2, lrs=(1e-3,), seed
                         warmup_depth=1, scaling_depths=(1,))  # fmt: skip
 
 
-def _hand_written(job: tt.RecallJob, settings: tt.SweepSettings) -> tuple[list[float], list[float]]:
-    """The same run as train_recall, written out: Adam, linear warm-up, minibatches of 64 drawn with
-    the run's seed, accuracy on the validation and test splits after every eval_every updates."""
-    splits = tt.recall_splits()
-    x, y = splits["train"]
+def _hand_written_updates(job: tt.RecallJob, steps: int) -> Iterator[tuple[int, nn.Module]]:
+    """The updates of train_recall's run, written out: Adam, linear warm-up, minibatches of 64 drawn
+    with the run's seed; yields ``(update, model)`` after each, the update's gradients in ``.grad``."""
+    x, y = tt.recall_splits()["train"]
     model = job.config.build(job.seed)
     opt = torch.optim.Adam(model.parameters(), lr=job.lr)
     generator = seeded_generator(job.seed)
-    validation, test = [], []
-    for step in range(1, settings.steps + 1):
+    for step in range(1, steps + 1):
         if job.warmup_steps:
             for group in opt.param_groups:
                 group["lr"] = job.lr * min(1.0, step / job.warmup_steps)
@@ -35,6 +35,15 @@ def _hand_written(job: tt.RecallJob, settings: tt.SweepSettings) -> tuple[list[f
         opt.zero_grad()
         F.cross_entropy(model(x[index]), y[index]).backward()
         opt.step()
+        yield step, model
+
+
+def _hand_written(job: tt.RecallJob, settings: tt.SweepSettings) -> tuple[list[float], list[float]]:
+    """The same run as train_recall, written out, with the accuracy on the validation and test
+    splits after every eval_every updates."""
+    splits = tt.recall_splits()
+    validation, test = [], []
+    for step, model in _hand_written_updates(job, settings.steps):
         if step % settings.eval_every == 0:
             with torch.no_grad():
                 for name, out in (("validation", validation), ("test", test)):
@@ -356,18 +365,8 @@ def test_early_gradients_are_the_block_gradients_of_the_runs_updates():
     assert early.steps == (2, 4, 6) and early.block_grad_norms.shape == (3, 2)
     # by hand: the same Adam, warm-up and minibatches as the hand-written run above
     splits = tt.recall_splits()
-    x, y = splits["train"]
     x_val, y_val = splits["validation"][0][:256], splits["validation"][1][:256]
-    model = job.config.build(job.seed)
-    opt = torch.optim.Adam(model.parameters(), lr=job.lr)
-    generator = seeded_generator(job.seed)
-    for step in range(1, 7):
-        for group in opt.param_groups:
-            group["lr"] = job.lr * min(1.0, step / job.warmup_steps)
-        index = torch.randint(0, len(x), (tt.RECALL_BATCH,), generator=generator)
-        opt.zero_grad()
-        F.cross_entropy(model(x[index]), y[index]).backward()
-        opt.step()
+    for step, model in _hand_written_updates(job, 6):
         if step % 2 == 0:
             row = early.steps.index(step)
             for b, block in enumerate(model.blocks):
@@ -417,3 +416,12 @@ def test_plot_early_gradients_draws_the_ratio_and_the_loss():
     assert right.lines[-1].get_ydata()[0] == pytest.approx(math.log(8))
     with pytest.raises(ValueError, match="at least one run"):
         vg.plot_early_gradients({})
+
+
+def test_early_gradients_keep_the_trained_model():
+    job = tt.RecallJob(tt.TransformerConfig("pre", depth=1), 1e-3, 0)
+    early = tt.early_gradients(job, steps=3)
+    x_val, y_val = (t[:256] for t in tt.recall_splits()["validation"])
+    with torch.no_grad():
+        loss = float(F.cross_entropy(early.model(x_val), y_val))
+    assert loss == early.validation_loss[-1]  # the model after the last recorded update
