@@ -149,8 +149,9 @@ def test_every_third_party_import_is_a_dependency_or_a_guarded_extra():
         assert extra, f"{where}: which extra installs it? (EXTRA_OF)"
         assert distribution in extras[extra], f"{where}: the extra {extra!r} does not install it"
         assert f'pip install "vglib[{extra}]"' in message, f"{where}: the error must name vglib[{extra}]"
-    # the chapters extra is what the chapters import: the explorers, the digits task, the theory
-    assert extras["chapters"] == extras["widgets"] | extras["tasks"] | extras["scipy"]
+    # the chapters extra is what the chapters import: the explorers, the digits task, the theory, and
+    # the pretrained transformer's weights
+    assert extras["chapters"] == extras["widgets"] | extras["tasks"] | extras["scipy"] | extras["pretrained"]
 
 
 def block(monkeypatch: pytest.MonkeyPatch, package: str) -> None:
