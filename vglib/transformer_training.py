@@ -669,8 +669,8 @@ class EarlyGradients:
 
 def _grad_norm(module: nn.Module) -> float:
     """The norm of the gradient of ``module``'s parameters, all of them as one vector (float64)."""
-    squares = [p.grad.double().pow(2).sum() for p in module.parameters() if p.grad is not None]
-    return math.sqrt(float(sum(squares))) if squares else 0.0
+    grads = [p.grad.double() for p in module.parameters() if p.grad is not None]
+    return float(nn.utils.get_total_norm(grads)) if grads else 0.0
 
 
 def early_gradients(job: RecallJob, steps: int = 100, every: int = 1) -> EarlyGradients:
