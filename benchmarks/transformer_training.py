@@ -2,9 +2,10 @@
 experiment A, post-LN vs pre-LN at 6 blocks with and without learning-rate warm-up, on
 ``WARMUP_LRS`` (``GRID_LRS`` with three midpoints), and experiment B, plain pre-LN, plain post-LN,
 DeepNorm, ReZero, T-Fixup and LayerScale at 6 and 24 blocks without warm-up, each chosen among
-``GRID_LRS``; seeds ``HARNESS_SEEDS``, causal models, on associative recall with the pairs at random
-places; and the MLP baseline (a one-hidden-layer network on the flattened one-hot sequence, the same
-budget and grid).
+``GRID_LRS`` at 6 blocks and among ``DEEP_LRS`` (its four rates from 1e-4 to 1e-2, fixed from the
+6-block runs before any 24-block run; see its docstring) at 24; seeds ``HARNESS_SEEDS``, causal
+models, on associative recall with the pairs at random places; and the MLP baseline (a
+one-hidden-layer network on the flattened one-hot sequence, the same budget and grid).
 
 Each group (one configuration with one warm-up setting: every rate times every seed) is one job,
 trained as one batched ensemble (``vglib.transformer_training.train_recall_group``) on one torch
@@ -98,12 +99,13 @@ def header() -> str:
 
 def summary_line(s: tt.RecallSummary) -> str:
     name = s.config.label + (f" + warm-up {s.warmup_steps}" if s.warmup_steps else "")
-    return (f"{name:<40} {s.lr:>9.2e} {_spread(s.test):>24} {_steps(s.steps):>18} "
+    lr = f"{s.lr:.2e}" + ("*" if s.edge else " ")
+    return (f"{name:<40} {lr:>10} {_spread(s.test):>24} {_steps(s.steps):>18} "
             f"{s.trained}/{s.seeds:<5} {s.diverged}/{s.seeds}")  # fmt: skip
 
 
 def summary_header() -> str:
-    return (f"{'configuration':<40} {'chosen lr':>9} {'test accuracy':>24} {'steps to threshold':>18} "
+    return (f"{'configuration':<40} {'chosen lr':>10} {'test accuracy':>24} {'steps to threshold':>18} "
             "trained div.")  # fmt: skip
 
 
@@ -129,7 +131,8 @@ def table_a(runs: list[tt.RecallRun], settings: tt.SweepSettings) -> str:
 
 
 def table_b(runs: list[tt.RecallRun], settings: tt.SweepSettings, max_depth: int | None = None) -> str:
-    lines = ["Experiment B: residual scaling, no warm-up (rates of GRID_LRS only)", header(), "",
+    lines = ["Experiment B: residual scaling, no warm-up (rates of GRID_LRS only; DEEP_LRS, its four from "
+             "1e-4 to 1e-2, above 6 blocks); * the chosen rate is an end of the group's grid", header(), "",
              summary_header()]  # fmt: skip
     for depth in settings.scaling_depths:
         if max_depth is not None and depth > max_depth:

@@ -81,7 +81,8 @@ there and compares them exactly.
   out, shallow enough that pre-LN needs no help), each with and without warm-up.
 - ``B`` (residual scaling): ``SCALING_VARIANTS`` (plain pre-LN, plain post-LN, DeepNorm, ReZero,
   T-Fixup, LayerScale) at ``SCALING_DEPTHS`` = 6 and 24 blocks, without warm-up, since each remedy
-  claims to remove the need for it (T-Fixup's and DeepNorm's papers train without it). 24 is the
+  claims to remove the need for it (T-Fixup's and DeepNorm's papers train without it), on
+  ``GRID_LRS`` at 6 blocks and on ``DEEP_LRS`` (four of its rates) at 24. 24 is the
   deepest stack whose runs the sweep affords on this CPU (one at a time, a 24-block run takes about
   115 CPU-seconds for the budget, 3-4 times a 6-block one, and a 48-block run about 225; batched,
   see ``benchmarks/transformer_training.py``), and
@@ -121,6 +122,7 @@ from .train import train
 from .transformers import NORM_PLACEMENTS, RESIDUAL_SCALINGS, Transformer, build_transformer
 
 __all__ = [
+    "DEEP_LRS",
     "EXPERIMENTS",
     "FULL_SWEEP",
     "MLP_HIDDEN",
@@ -187,6 +189,15 @@ rates that train lie, so that the edge where post-LN stops training without warm
 more finely. Every group of the experiment (pre- and post-LN, with and without warm-up) uses all of
 them; experiment B chooses among ``GRID_LRS`` only, as every remedy there."""
 SCALING_DEPTHS: tuple[int, ...] = (6, 24)
+DEEP_LRS: tuple[float, ...] = GRID_LRS[1:5]
+"""The learning rates of experiment B at 24 blocks: the four of ``GRID_LRS`` from 1e-4 to 1e-2,
+fixed from the 6-block runs before any 24-block run. At 6 blocks every variant reached the
+threshold only at 4.6e-4, 2.2e-3 or 1e-2 (in at least one seed), and none came near it (best
+accuracy 0.43 or less) at the other five rates; the grid keeps the trainable three and the next
+rate below, since a deeper stack is expected to need a smaller rate (Wang et al. 2022), and drops
+2.2e-5 and the three rates from 4.6e-2 up. A 24-block group costs about 150 CPU-seconds a run,
+so the four rates save half of the 6 CPU-hours the whole grid would take; a variant whose chosen
+rate is an end of this grid is flagged (``RecallSummary``'s edge)."""
 """Depths of experiment B."""
 SCALING_VARIANTS: tuple[tuple[str, str], ...] = (
     ("pre", "plain"),
@@ -315,14 +326,16 @@ class RecallRun:
 class SweepSettings:
     """The budget and the grid of one sweep: ``FULL_SWEEP`` (the chapter's) or ``TRIAL_SWEEP``
     (a small one that tries the machinery in a few minutes). ``lrs``: the rates of every group;
-    ``warmup_lrs``: experiment A's instead, a superset of ``lrs`` (None: ``lrs``); see
-    :meth:`rates`."""
+    ``warmup_lrs``: experiment A's instead, a superset of ``lrs`` (None: ``lrs``); ``deep_lrs``:
+    those of experiment B's groups deeper than ``warmup_depth``, a subset of ``lrs`` (None:
+    ``lrs``); see :meth:`rates`."""
 
     steps: int = 1_500
     eval_every: int = 50
     warmup_steps: int = 150
     lrs: tuple[float, ...] = GRID_LRS
     warmup_lrs: tuple[float, ...] | None = None
+    deep_lrs: tuple[float, ...] | None = None
     seeds: tuple[int, ...] = HARNESS_SEEDS
     warmup_depth: int = WARMUP_DEPTH
     scaling_depths: tuple[int, ...] = SCALING_DEPTHS
@@ -336,9 +349,9 @@ class SweepSettings:
             raise ValueError(
                 f"steps must be a multiple of eval_every, got {self.steps} and {self.eval_every}"
             )
-        for name in ("lrs", "warmup_lrs"):
+        for name in ("lrs", "warmup_lrs", "deep_lrs"):
             rates = getattr(self, name)
-            if rates is None and name == "warmup_lrs":
+            if rates is None and name != "lrs":
                 continue
             if not rates or any(not (isinstance(v, float) and v > 0) for v in rates):
                 raise ValueError(f"{name} must be one or more floats > 0, got {rates!r}")
@@ -347,6 +360,8 @@ class SweepSettings:
         if self.warmup_lrs is not None and not set(self.lrs) <= set(self.warmup_lrs):
             raise ValueError("warmup_lrs must hold every rate of lrs (experiment B's plain groups at "
                              "warmup_depth are experiment A's)")  # fmt: skip
+        if self.deep_lrs is not None and not set(self.deep_lrs) <= set(self.lrs):
+            raise ValueError(f"deep_lrs must be rates of lrs, got {self.deep_lrs!r}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct ints, at least one, got {self.seeds!r}")
 
@@ -368,10 +383,15 @@ class SweepSettings:
 
     def rates(self, config: TransformerConfig) -> tuple[float, ...]:
         """The learning rates of ``config``'s groups: ``warmup_lrs`` for experiment A's models
-        (plain pre- and post-LN at ``warmup_depth``; ``lrs`` where ``warmup_lrs`` is None), ``lrs``
+        (plain pre- and post-LN at ``warmup_depth``; ``lrs`` where ``warmup_lrs`` is None),
+        ``deep_lrs`` for the models deeper than ``warmup_depth`` (``lrs`` where it is None), ``lrs``
         for every other."""
         in_a = config.depth == self.warmup_depth and config.residual == "plain" and config.norm != "none"
-        return self.warmup_lrs if in_a and self.warmup_lrs is not None else self.lrs
+        if in_a and self.warmup_lrs is not None:
+            return self.warmup_lrs
+        if config.depth > self.warmup_depth and self.deep_lrs is not None:
+            return self.deep_lrs
+        return self.lrs
 
     def jobs(self, experiment: str = "all") -> list[RecallJob]:
         """The runs of :meth:`groups` (each run once), group by group, each group's in the order
@@ -388,16 +408,17 @@ class SweepSettings:
             steps=int(data["steps"]), eval_every=int(data["eval_every"]),
             warmup_steps=int(data["warmup_steps"]), lrs=tuple(float(v) for v in data["lrs"]),
             warmup_lrs=None if data["warmup_lrs"] is None else tuple(float(v) for v in data["warmup_lrs"]),
+            deep_lrs=None if data.get("deep_lrs") is None else tuple(float(v) for v in data["deep_lrs"]),
             seeds=tuple(int(s) for s in data["seeds"]), warmup_depth=int(data["warmup_depth"]),
             scaling_depths=tuple(int(d) for d in data["scaling_depths"]),
             variants=tuple((str(n), str(r)) for n, r in data["variants"]),
         )  # fmt: skip
 
 
-FULL_SWEEP = SweepSettings(warmup_lrs=WARMUP_LRS)
-"""The chapter's sweep: 1,500 updates, warm-up over 150, every rate of ``WARMUP_LRS`` for A and of
-``GRID_LRS`` for B, seeds ``HARNESS_SEEDS``, depth 6 for A, depths 6 and 24 for B (372 runs in all:
-132 for A, 288 for B, 48 of them shared)."""
+FULL_SWEEP = SweepSettings(warmup_lrs=WARMUP_LRS, deep_lrs=DEEP_LRS)
+"""The chapter's sweep: 1,500 updates, warm-up over 150, every rate of ``WARMUP_LRS`` for A, of
+``GRID_LRS`` for B at 6 blocks and of ``DEEP_LRS`` for B at 24, seeds ``HARNESS_SEEDS``, depth 6
+for A, depths 6 and 24 for B (300 runs in all: 132 for A, 216 for B, 48 of them shared)."""
 TRIAL_SWEEP = SweepSettings(
     steps=300,
     eval_every=50,
@@ -843,7 +864,8 @@ def choose_recall_lr(
 class RecallSummary:
     """One group at its chosen learning rate: the final test accuracy (NaN where a seed diverged)
     and the steps to ``threshold`` (inf where a seed never reached it), median and range over the
-    seeds; how many seeds trained and how many diverged."""
+    seeds; how many seeds trained and how many diverged; ``edge``: whether the chosen rate is the
+    smallest or the largest the group was run at (a rate beyond it might have done better)."""
 
     config: TransformerConfig
     warmup_steps: int
@@ -853,6 +875,7 @@ class RecallSummary:
     trained: int
     diverged: int
     threshold: float = RECALL_THRESHOLD
+    edge: bool = False
 
     @property
     def seeds(self) -> int:
@@ -877,6 +900,7 @@ def summarize_recall(
     return RecallSummary(
         config, warmup_steps, lr, test, steps_to(cells, lr, threshold, "accuracy"),
         sum(r.trained(threshold) for r in at), sum(r.diverged for r in at), threshold,
+        lr in (min(r.job.lr for r in group), max(r.job.lr for r in group)),
     )  # fmt: skip
 
 

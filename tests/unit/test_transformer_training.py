@@ -124,6 +124,7 @@ def test_summaries_on_a_hand_made_table():
     s = tt.summarize_recall(runs, c)
     assert (s.lr, s.test.values, s.trained, s.diverged, s.seeds) == (1e-2, (0.95, 0.91, 0.97), 3, 0, 3)
     assert s.test.median == 0.95 and s.steps.values == (10.0, 20.0, 20.0)
+    assert not s.edge  # 1e-2 lies between 1e-3 and 1e-1
     by_lr = tt.spread_by_lr(runs, c)
     assert list(by_lr) == [1e-3, 1e-2, 1e-1] and math.isnan(by_lr[1e-1].values[2])
     assert tt.warmup_relation(runs, c, 1e-1, 5) == "above"  # a diverged seed ranks below all
@@ -138,6 +139,8 @@ def test_summaries_on_a_hand_made_table():
     # restricted to a grid without 1e-2 (experiment B's plain groups), the choice is among the rest
     narrow = tt.summarize_recall(runs, c, lrs=(1e-3, 1e-1))
     assert narrow.lr == 1e-3 and narrow.test.values == (0.5, 0.4, 0.6) and narrow.trained == 0
+    assert narrow.edge  # the smallest rate of that grid: a smaller one might have done better
+    assert tt.summarize_recall(runs, c, lrs=(1e-3, 1e-2)).edge  # 1e-2, the largest of that grid
     with pytest.raises(ValueError, match=r"at the rates \(0\.5,\)"):
         tt.summarize_recall(runs, c, lrs=(0.5,))
 
@@ -166,17 +169,18 @@ def test_the_json_round_trip_is_exact(tmp_path):
 def test_the_experiments_list_each_run_once():
     full = tt.FULL_SWEEP
     a, b, both = full.jobs("A"), full.jobs("B"), full.jobs("all")
-    # B: 4 remedies at depth 6 and 6 variants at depth 24 on GRID_LRS (8 rates), and plain pre/post
-    # at depth 6, which are A's groups without warm-up, on A's 11 rates (B chooses among the 8)
-    assert len(a) == 2 * 2 * 11 * 3 and len(b) == (4 * 8 + 2 * 11 + 6 * 8) * 3
+    # B: 4 remedies at depth 6 on GRID_LRS (8 rates), 6 variants at depth 24 on DEEP_LRS (4), and
+    # plain pre/post at depth 6, which are A's groups without warm-up, on A's 11 rates (B chooses
+    # among the 8)
+    assert len(a) == 2 * 2 * 11 * 3 and len(b) == (4 * 8 + 2 * 11 + 6 * 4) * 3
     shared = {j for j in a if j.warmup_steps == 0}
     assert len(shared) == 2 * 11 * 3 and shared <= set(b)
-    assert len(both) == len(set(both)) == len(a) + len(b) - len(shared) == 372
+    assert len(both) == len(set(both)) == len(a) + len(b) - len(shared) == 300
     assert set(both) == set(a) | set(b)
     assert [j.config.depth for j in both] == sorted((j.config.depth for j in both), reverse=True)
     assert {j.warmup_steps for j in a} == {0, 150} and {j.warmup_steps for j in b} == {0}
     assert full.warmup_steps == full.steps // 10 and full.lrs == vg.grid.GRID_LRS
-    assert full.warmup_lrs == tt.WARMUP_LRS
+    assert full.warmup_lrs == tt.WARMUP_LRS and full.deep_lrs == tt.DEEP_LRS
     assert full.seeds == vg.HARNESS_SEEDS
     labels = {j.config.label for j in b if j.config.depth == 24}
     assert labels == {"pre-LN, 24 blocks", "post-LN, 24 blocks", "DeepNorm (post-LN), 24 blocks",
@@ -290,7 +294,23 @@ def test_groups_list_the_sweeps_runs_once():
     assert set(full.jobs("all")) == {tt.RecallJob(c, lr, s, w) for c, w in groups for lr in full.rates(c)
                                      for s in full.seeds}  # fmt: skip
     assert {len(full.rates(c)) for c, _ in full.groups("A")} == {11}
-    assert {len(full.rates(c)) for c, _ in full.groups("B") if c.residual != "plain" or c.depth == 24} == {8}
+    assert {len(full.rates(c)) for c, _ in full.groups("B") if c.residual != "plain" and c.depth == 6} == {8}
+    assert {full.rates(c) for c, _ in full.groups("B") if c.depth == 24} == {tt.DEEP_LRS}
+
+
+def test_the_deep_grid_is_the_four_rates_from_1e_4_to_1e_2():
+    assert tt.DEEP_LRS == pytest.approx((1e-4, 10 ** (-10 / 3), 10 ** (-8 / 3), 1e-2), rel=1e-12)
+    assert set(tt.DEEP_LRS) <= set(vg.grid.GRID_LRS)
+    with pytest.raises(ValueError, match="deep_lrs must be rates of lrs"):
+        tt.SweepSettings(lrs=(1e-3, 1e-2), deep_lrs=(1e-4,))
+    with pytest.raises(ValueError, match="deep_lrs must be"):
+        tt.SweepSettings(deep_lrs=())
+    # None: every model deeper than warmup_depth runs on lrs, as before
+    assert tt.SweepSettings(lrs=(1e-3,)).rates(tt.TransformerConfig("pre", depth=24)) == (1e-3,)
+    settings = tt.SweepSettings(lrs=(1e-3, 1e-2), deep_lrs=(1e-2,))
+    assert settings.rates(tt.TransformerConfig("pre", depth=24)) == (1e-2,)
+    assert settings.rates(tt.TransformerConfig("pre", "layerscale")) == (1e-3, 1e-2)
+    assert tt.SweepSettings.from_json(settings.to_json()) == settings
 
 
 def test_experiment_a_has_the_grid_with_its_midpoints():
