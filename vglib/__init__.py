@@ -210,6 +210,7 @@ from .transformer_training import (
     spread_by_lr,
     summarize_baseline,
     summarize_recall,
+    summary_table,
     train_recall,
     train_recall_group,
 )
@@ -447,6 +448,7 @@ __all__ = [
     "success_table",
     "summarize_baseline",
     "summarize_recall",
+    "summary_table",
     "teacher_student",
     "tensorboard",
     "tfixup_block_scale",

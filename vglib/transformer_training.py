@@ -102,11 +102,12 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -118,6 +119,7 @@ from .data import associative_recall, recall_bag_accuracy, recall_dims
 from .ensemble import train_ensemble
 from .grid import GRID_LRS, GridCell, choose_lr, steps_to
 from .harness import HARNESS_SEEDS, map_in_processes
+from .tables import require_pandas
 from .train import train
 from .transformers import NORM_PLACEMENTS, RESIDUAL_SCALINGS, Transformer, build_transformer
 
@@ -160,6 +162,7 @@ __all__ = [
     "spread_by_lr",
     "summarize_baseline",
     "summarize_recall",
+    "summary_table",
     "train_recall",
     "train_recall_group",
     "train_recall_mlp",
@@ -880,6 +883,42 @@ class RecallSummary:
     @property
     def seeds(self) -> int:
         return len(self.test.seeds)
+
+    def row(self) -> dict[str, str]:
+        """The summary as the cells of a table row: the chosen rate (``*`` where it is an end of the
+        group's grid), the final test accuracy as median (range) over the seeds that did not
+        diverge (and how many did), the updates to the threshold as median (range) over every seed
+        ("never" where a seed did not get there), and how many seeds trained."""
+
+        def steps(v: float) -> str:
+            return f"{v:.0f}" if math.isfinite(v) else "never"
+
+        finite = [v for v in self.test.values if math.isfinite(v)]
+        n = self.steps
+        if finite:
+            accuracy = f"{float(np.median(finite)):.2f} ({min(finite):.2f}–{max(finite):.2f})"
+            if len(finite) < self.seeds:
+                accuracy += f", {self.seeds - len(finite)} diverged"
+        else:
+            accuracy = "every seed diverged"
+        return {
+            "chosen lr": f"{self.lr:.1e}" + ("*" if self.edge else ""),
+            "final test accuracy": accuracy,
+            f"updates to {self.threshold:g}": f"{steps(n.median)} ({steps(n.low)}–{steps(n.high)})",
+            "seeds trained": f"{self.trained} of {self.seeds}",
+        }
+
+
+def summary_table(summaries: Mapping[str, RecallSummary]) -> Any:
+    """``{label: summary}`` as a ``pandas.DataFrame``, a row per label (:meth:`RecallSummary.row`).
+    Needs pandas (the ``pandas`` extra)."""
+    if not summaries:
+        raise ValueError("summary_table needs at least one summary")
+    for label, s in summaries.items():
+        if not isinstance(s, RecallSummary):
+            raise TypeError(f"summaries[{label!r}] must be a RecallSummary, got {type(s).__name__}")
+    pd = require_pandas()
+    return pd.DataFrame({label: s.row() for label, s in summaries.items()}).T
 
 
 def summarize_recall(
