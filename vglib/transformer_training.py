@@ -102,12 +102,11 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -119,7 +118,6 @@ from .data import associative_recall, recall_bag_accuracy, recall_dims
 from .ensemble import train_ensemble
 from .grid import GRID_LRS, GridCell, choose_lr, steps_to
 from .harness import HARNESS_SEEDS, map_in_processes
-from .tables import require_pandas
 from .train import train
 from .transformers import NORM_PLACEMENTS, RESIDUAL_SCALINGS, Transformer, build_transformer
 
@@ -151,6 +149,7 @@ __all__ = [
     "early_gradients",
     "load_recall_baseline",
     "load_recall_runs",
+    "rates_that_train",
     "recall_chance",
     "recall_splits",
     "run_recall_baseline",
@@ -162,7 +161,6 @@ __all__ = [
     "spread_by_lr",
     "summarize_baseline",
     "summarize_recall",
-    "summary_table",
     "train_recall",
     "train_recall_group",
     "train_recall_mlp",
@@ -884,6 +882,12 @@ class RecallSummary:
     def seeds(self) -> int:
         return len(self.test.seeds)
 
+    @property
+    def reached(self) -> int:
+        """How many seeds reached the threshold at some evaluation (``trained`` asks it of the
+        final one): the count the harness's tables give (``TunedRuns.n_reached``)."""
+        return sum(math.isfinite(v) for v in self.steps.values)
+
     def row(self) -> dict[str, str]:
         """The summary as the cells of a table row: the chosen rate (``*`` where it is an end of the
         group's grid), the final test accuracy as median (range) over the seeds that did not
@@ -907,18 +911,6 @@ class RecallSummary:
             f"updates to {self.threshold:g}": f"{steps(n.median)} ({steps(n.low)}–{steps(n.high)})",
             "seeds trained": f"{self.trained} of {self.seeds}",
         }
-
-
-def summary_table(summaries: Mapping[str, RecallSummary]) -> Any:
-    """``{label: summary}`` as a ``pandas.DataFrame``, a row per label (:meth:`RecallSummary.row`).
-    Needs pandas (the ``pandas`` extra)."""
-    if not summaries:
-        raise ValueError("summary_table needs at least one summary")
-    for label, s in summaries.items():
-        if not isinstance(s, RecallSummary):
-            raise TypeError(f"summaries[{label!r}] must be a RecallSummary, got {type(s).__name__}")
-    pd = require_pandas()
-    return pd.DataFrame({label: s.row() for label, s in summaries.items()}).T
 
 
 def summarize_recall(
@@ -954,6 +946,18 @@ def spread_by_lr(
         at = sorted((r for r in group if r.job.lr == lr), key=lambda r: r.job.seed)
         out[lr] = SeedSpread(tuple(r.job.seed for r in at), tuple(r.final_test for r in at))
     return out
+
+
+def rates_that_train(
+    runs: Iterable[RecallRun],
+    config: TransformerConfig,
+    warmup_steps: int = 0,
+    threshold: float = RECALL_THRESHOLD,
+) -> list[float]:
+    """The learning rates of one group at which every seed trains (final test accuracy at least
+    ``threshold``), in increasing order."""
+    return [lr for lr, spread in spread_by_lr(runs, config, warmup_steps).items()
+            if all(math.isfinite(v) and v >= threshold for v in spread.values)]  # fmt: skip
 
 
 def warmup_relation(

@@ -125,11 +125,17 @@ def test_summaries_on_a_hand_made_table():
     assert (s.lr, s.test.values, s.trained, s.diverged, s.seeds) == (1e-2, (0.95, 0.91, 0.97), 3, 0, 3)
     assert s.test.median == 0.95 and s.steps.values == (10.0, 20.0, 20.0)
     assert not s.edge  # 1e-2 lies between 1e-3 and 1e-1
+    assert s.reached == 3
     assert s.row() == {"chosen lr": "1.0e-02", "final test accuracy": "0.95 (0.91–0.97)",
                        "updates to 0.9": "20 (10–20)", "seeds trained": "3 of 3"}  # fmt: skip
     by_lr = tt.spread_by_lr(runs, c)
     assert list(by_lr) == [1e-3, 1e-2, 1e-1] and math.isnan(by_lr[1e-1].values[2])
     assert tt.warmup_relation(runs, c, 1e-1, 5) == "above"  # a diverged seed ranks below all
+    # every seed ends at >= 0.9 only at 1e-2 (0.95, 0.91, 0.97); with warm-up only at 1e-1
+    assert tt.rates_that_train(runs, c) == [1e-2] and tt.rates_that_train(runs, c, 5) == [1e-1]
+    assert tt.rates_that_train(runs, c, threshold=0.92) == [] and tt.rates_that_train(
+        runs, c, threshold=0.5
+    ) == [1e-2]
     better = [r for r in runs if r.job.lr != 1e-1 or r.job.warmup_steps or r.job.seed] + [
         _run(c, 1e-1, 0, (0.9, 0.975))
     ]
@@ -148,17 +154,11 @@ def test_summaries_on_a_hand_made_table():
                             "updates to 0.9": "never (never–never)", "seeds trained": "0 of 3"}  # fmt: skip
     diverged = tt.summarize_recall([r for r in runs if r.job.lr == 1e-1 and not r.job.warmup_steps], c)
     assert diverged.row()["final test accuracy"] == "0.55 (0.50–0.60), 1 diverged" and diverged.diverged == 1
+    # seeds 0 and 1 touch 0.9 at step 10 and end at 0.6 and 0.5: reached, not trained
+    assert (diverged.reached, diverged.trained) == (2, 0)
     gone = tt.summarize_recall([_run(c, 1.0, seed, (math.nan,) * 2, diverged_at=3) for seed in (0, 1)], c)
     assert gone.row()["final test accuracy"] == "every seed diverged"
     assert gone.row()["seeds trained"] == "0 of 2"
-    table = tt.summary_table({"plain": s, "narrow": narrow})
-    assert list(table.index) == ["plain", "narrow"] and table.loc["narrow", "chosen lr"] == "1.0e-03*"
-    with pytest.raises(ValueError, match="at least one"):
-        tt.summary_table({})
-    with pytest.raises(TypeError, match="RecallSummary"):
-        tt.summary_table({"x": 0.5})  # type: ignore[dict-item]
-    with pytest.raises(ValueError, match=r"at the rates \(0\.5,\)"):
-        tt.summarize_recall(runs, c, lrs=(0.5,))
 
 
 def test_the_json_round_trip_is_exact(tmp_path):
