@@ -25,9 +25,14 @@ def text_table(header: Sequence[str], rows: Sequence[Sequence[str]], caption: st
     return "\n".join([caption, *lines] if caption else lines)
 
 
-def html_table(header: Sequence[str], rows: Sequence[Sequence[str]], caption: str = "") -> str:
-    """The same table as HTML (class ``vg-harness``, which the book's stylesheet formats)."""
+def html_table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], caption: str = "", classes: str = "vg-harness"
+) -> str:
+    """The same table as HTML (class ``vg-harness``, which the book's stylesheet formats, by default:
+    the harness's tables; other tables add a class of their own to it)."""
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows)
     top = f"<caption>{escape(caption)}</caption>" if caption else ""
-    return f'<table class="vg-harness">{top}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return (
+        f'<table class="{escape(classes)}">{top}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    )

@@ -61,7 +61,8 @@ def require_pandas() -> Any:
 @dataclass(frozen=True)
 class Table:
     """A small results table of text cells: an HTML table in a notebook (``_repr_html_``, styled by
-    the book's stylesheet like the harness's tables), aligned text as its ``repr``. The chapters use
+    the book's stylesheet like the harness's tables, with the class ``vg-results`` besides, so that it
+    is not taken for one), aligned text as its ``repr``. The chapters use
     it where a DataFrame would do, since pandas is an optional dependency (:meth:`to_pandas`
     converts). ``header`` names every column, the first that of the row labels."""
 
@@ -107,7 +108,7 @@ class Table:
         return text_table(self.header, self.rows, self.caption)
 
     def _repr_html_(self) -> str:
-        return html_table(self.header, self.rows, self.caption)
+        return html_table(self.header, self.rows, self.caption, classes="vg-harness vg-results")
 
 
 def _json_number(value: float) -> str:

@@ -697,8 +697,9 @@ def _grad_norm(module: nn.Module) -> float:
 
 def early_gradients(job: RecallJob, steps: int = 100, every: int = 1) -> EarlyGradients:
     """The first ``steps`` updates of :func:`train_recall`'s run ``job`` (the same model,
-    minibatches, warm-up and Adam, through ``vglib.train``), recording every ``every`` updates
-    the gradient norm of each block's parameters and the validation loss (see
+    minibatches, warm-up and Adam, through ``vglib.train``), recording after the first update (whose
+    gradient is the one at initialisation) and every ``every``-th one the gradient norm of each
+    block's parameters and the validation loss (see
     :class:`EarlyGradients`). Denormals are flushed as in :func:`train_recall`. For what
     "needs warm-up" means in gradient terms: compare a post-LN run with and without warm-up at a
     rate where only the run with warm-up trains."""
@@ -715,7 +716,7 @@ def early_gradients(job: RecallJob, steps: int = 100, every: int = 1) -> EarlyGr
     losses: list[float] = []
 
     def record(step: int, _: nn.Module) -> None:
-        if step % every == 0:
+        if step == 1 or step % every == 0:
             recorded.append(step)
             norms.append([_grad_norm(block) for block in model.blocks])
             with torch.no_grad():

@@ -33,7 +33,7 @@ def test_table_from_rows_renders_as_text_and_html_and_converts_to_pandas():
     assert table.header == ("variant", "lr", "accuracy") and table.rows[1] == ("post-LN", "2e-3", "1.00")
     assert repr(table).split("\n")[0] == "variant    lr  accuracy"  # labels left, the rest right-aligned
     assert (
-        table._repr_html_().startswith('<table class="vg-harness">')
+        table._repr_html_().startswith('<table class="vg-harness vg-results">')
         and "<td>post-LN</td>" in table._repr_html_()
     )
     assert table.column("lr") == {"pre-LN": "1e-3", "post-LN": "2e-3"}

@@ -398,12 +398,13 @@ def test_the_baseline_summary_chooses_on_validation():
 def test_early_gradients_are_the_block_gradients_of_the_runs_updates():
     job = tt.RecallJob(tt.TransformerConfig("post", depth=2), 3e-3, 1, 4)
     early = tt.early_gradients(job, steps=6, every=2)
-    assert early.steps == (2, 4, 6) and early.block_grad_norms.shape == (3, 2)
+    # update 1 (the gradient at initialisation), then every second one
+    assert early.steps == (1, 2, 4, 6) and early.block_grad_norms.shape == (4, 2)
     # by hand: the same Adam, warm-up and minibatches as the hand-written run above
     splits = tt.recall_splits()
     x_val, y_val = splits["validation"][0][:256], splits["validation"][1][:256]
     for step, model in _hand_written_updates(job, 6):
-        if step % 2 == 0:
+        if step == 1 or step % 2 == 0:
             row = early.steps.index(step)
             for b, block in enumerate(model.blocks):
                 expected = math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in block.parameters()))
