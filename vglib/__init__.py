@@ -211,6 +211,7 @@ from .transformer_training import (
     spread_by_lr,
     summarize_baseline,
     summarize_recall,
+    tied_rates,
     train_recall,
     train_recall_group,
 )
@@ -454,6 +455,7 @@ __all__ = [
     "tensorboard",
     "tfixup_block_scale",
     "tfixup_embedding_scale",
+    "tied_rates",
     "token_uniformity",
     "torch_seed",
     "train",

@@ -161,6 +161,7 @@ __all__ = [
     "spread_by_lr",
     "summarize_baseline",
     "summarize_recall",
+    "tied_rates",
     "train_recall",
     "train_recall_group",
     "train_recall_mlp",
@@ -860,6 +861,26 @@ def choose_recall_lr(
     (experiment B passes ``SweepSettings.lrs``, so that plain pre- and post-LN, whose runs at
     ``warmup_depth`` have experiment A's finer grid, are tuned on the same grid as the remedies)."""
     return choose_lr((r.as_cell() for r in _group(runs, config, warmup_steps, lrs)), "accuracy")
+
+
+def tied_rates(
+    runs: Iterable[RecallRun],
+    config: TransformerConfig,
+    warmup_steps: int = 0,
+    lrs: Sequence[float] | None = None,
+) -> list[float]:
+    """The rates, other than the one :func:`choose_recall_lr` picks, that tie with it: no seed
+    diverged and the median final validation accuracy is the same. The choice breaks a tie towards
+    the smaller rate, and a saturated accuracy (1.0) ties easily, so the steps to the threshold at
+    the chosen rate are not the fastest the grid shows where this list is not empty."""
+    group = _group(runs, config, warmup_steps, lrs)
+    chosen = choose_recall_lr(group, config, warmup_steps)
+
+    def median(lr: float) -> float:
+        return float(np.median([r.validation[-1] for r in group if r.job.lr == lr]))
+
+    clean = sorted({r.job.lr for r in group} - {r.job.lr for r in group if r.diverged})
+    return [lr for lr in clean if lr != chosen and median(lr) == median(chosen)]
 
 
 @dataclass(frozen=True)

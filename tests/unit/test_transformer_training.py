@@ -114,9 +114,10 @@ def test_the_lr_choice_follows_the_grid_rule_on_a_hand_made_table():
     assert tt.choose_recall_lr(runs, c, 5) == 1e-1
     # without the clean rates, the diverged one is all there is
     assert tt.choose_recall_lr([r for r in runs if r.job.lr == 1e-1], c) == 1e-1
-    # ties go to the smaller rate
+    # ties go to the smaller rate, and tied_rates names the others
     tie = [_run(c, lr, s, (0.5, 0.8)) for lr in (1e-2, 1e-3) for s in (0, 1)]
-    assert tt.choose_recall_lr(tie, c) == 1e-3
+    assert tt.choose_recall_lr(tie, c) == 1e-3 and tt.tied_rates(tie, c) == [1e-2]
+    assert tt.tied_rates(runs, c) == []  # 1e-2's 0.95 is alone; 1e-1 had a diverged seed
 
 
 def test_summaries_on_a_hand_made_table():
