@@ -81,7 +81,8 @@ there and compares them exactly.
   out, shallow enough that pre-LN needs no help), each with and without warm-up.
 - ``B`` (residual scaling): ``SCALING_VARIANTS`` (plain pre-LN, plain post-LN, DeepNorm, ReZero,
   T-Fixup, LayerScale) at ``SCALING_DEPTHS`` = 6 and 24 blocks, without warm-up, since each remedy
-  claims to remove the need for it (T-Fixup's and DeepNorm's papers train without it), on
+  is meant to train deep stacks without it (T-Fixup's and ReZero's papers train without it;
+  DeepNorm's and CaiT's recipes keep a warm-up, so this is a harder test for them), on
   ``GRID_LRS`` at 6 blocks and on ``DEEP_LRS`` (four of its rates) at 24. 24 is the
   deepest stack whose runs the sweep affords on this CPU (one at a time, a 24-block run takes about
   115 CPU-seconds for the budget, 3-4 times a 6-block one, and a 48-block run about 225; batched,
