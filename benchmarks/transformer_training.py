@@ -84,12 +84,9 @@ def _spread(s: vglib.SeedSpread) -> str:
 
 
 def _steps(s: vglib.SeedSpread) -> str:
-    def one(v: float) -> str:
-        return f"{v:.0f}" if math.isfinite(v) else "-"
-
     if not any(math.isfinite(v) for v in s.values):
         return "never"
-    return f"{one(s.median)} ({one(s.low)}-{one(s.high)})"
+    return s.text(".0f", missing="-")
 
 
 def header() -> str:

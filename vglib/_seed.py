@@ -12,6 +12,7 @@ Two environment variables change a whole chapter's randomness without editing it
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 import re
@@ -130,6 +131,16 @@ class SeedSpread:
         align, width, number = match.group(1), match.group(2), match.group(3)  # type: ignore[union-attr]
         text = f"{self.median:{number}} ({self.low:{number}}–{self.high:{number}})"
         return format(text, f"{align or '>'}{width}") if width else text
+
+    def text(self, fmt: str, missing: str = "never") -> str:
+        """The median and range as ``format(spread, fmt)`` writes them, with ``missing`` for a
+        value that is not finite (a seed that never reached a threshold, a run that diverged):
+        ``"350 (300–never)"``."""
+
+        def one(v: float) -> str:
+            return f"{v:{fmt}}" if math.isfinite(v) else missing
+
+        return f"{one(self.median)} ({one(self.low)}–{one(self.high)})"
 
     def relation(self, other: SeedSpread) -> str:
         """ "below" where every value is below every value of ``other``, "above" where every value

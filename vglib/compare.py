@@ -118,23 +118,14 @@ class TunedRuns:
         spread = _finite(self.final, self.metric)
         if all(math.isinf(v) for v in spread.values):
             return "diverged"
-
-        def one(v: float) -> str:
-            return f"{v:{fmt}}" if math.isfinite(v) else "diverged"
-
-        return f"{one(spread.median)} ({one(spread.low)}–{one(spread.high)})"
+        return spread.text(fmt, missing="diverged")
 
     def steps_text(self) -> str:
         """Steps to the threshold as "median (fewest–most)", "never" for a run that did not reach it
         within the budget; "not within N" where no run did."""
         if self.n_reached == 0:
             return f"not within {self.budget}"
-        spread = self.steps
-
-        def one(v: float) -> str:
-            return f"{v:.0f}" if math.isfinite(v) else "never"
-
-        return f"{one(spread.median)} ({one(spread.low)}–{one(spread.high)})"
+        return self.steps.text(".0f")
 
     def ratio_text(self, which: str = "weight", fmt: str = ".1e") -> str:
         """``weight_ratio`` or ``backprop_ratio`` as "median (low–high)"."""

@@ -916,24 +916,32 @@ class RecallSummary:
         group's grid), the final test accuracy as median (range) over the seeds that did not
         diverge (and how many did), the updates to the threshold as median (range) over every seed
         ("never" where a seed did not get there), and how many seeds trained."""
-
-        def steps(v: float) -> str:
-            return f"{v:.0f}" if math.isfinite(v) else "never"
-
-        finite = [v for v in self.test.values if math.isfinite(v)]
-        n = self.steps
-        if finite:
-            accuracy = f"{float(np.median(finite)):.2f} ({min(finite):.2f}–{max(finite):.2f})"
-            if len(finite) < self.seeds:
-                accuracy += f", {self.seeds - len(finite)} diverged"
+        kept = [i for i, v in enumerate(self.test.values) if math.isfinite(v)]
+        if kept:
+            seeds, values = (tuple(t[i] for i in kept) for t in (self.test.seeds, self.test.values))
+            accuracy = format(SeedSpread(seeds, values), ".2f")
+            if len(kept) < self.seeds:
+                accuracy += f", {self.seeds - len(kept)} diverged"
         else:
             accuracy = "every seed diverged"
         return {
             "chosen lr": f"{self.lr:.1e}" + ("*" if self.edge else ""),
             "final test accuracy": accuracy,
-            f"updates to {self.threshold:g}": f"{steps(n.median)} ({steps(n.low)}–{steps(n.high)})",
+            f"updates to {self.threshold:g}": self.steps.text(".0f"),
             "seeds trained": f"{self.trained} of {self.seeds}",
         }
+
+    def glue(self, prefix: str) -> None:
+        """Glue the summary for the page: ``{prefix}_lr`` (the chosen rate, ``1.0e-03``),
+        ``{prefix}_acc`` and ``{prefix}_steps`` (the :meth:`row`'s final test accuracy and updates to
+        the threshold) and ``{prefix}_reached`` (how many seeds reached it, :attr:`reached`)."""
+        from ._glue import glue
+
+        row = self.row()
+        glue(f"{prefix}_lr", f"{self.lr:.1e}")
+        glue(f"{prefix}_acc", row["final test accuracy"])
+        glue(f"{prefix}_steps", row[f"updates to {self.threshold:g}"])
+        glue(f"{prefix}_reached", self.reached)
 
 
 def summarize_recall(

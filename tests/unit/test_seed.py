@@ -1,5 +1,6 @@
 """seed_everything: one call makes torch, numpy and random repeat themselves."""
 
+import math
 import random
 
 import numpy as np
@@ -132,3 +133,13 @@ def test_a_seed_spread_pads_the_whole_text_to_the_width_asked_for():
     spread = vglib.SeedSpread((0, 1, 2), (0.25, 0.5, 0.75))
     assert f"{spread:>24.2f}" == "    0.50 (0.25–0.75)".rjust(24)
     assert f"{spread:<20.1f}" == "0.5 (0.2–0.8)".ljust(20)
+
+
+def test_a_seed_spread_writes_a_value_that_is_not_finite_as_the_word_asked_for():
+    spread = vglib.SeedSpread((0, 1, 2), (300.0, 350.0, math.inf))
+    assert spread.text(".0f") == "350 (300–never)"
+    assert spread.text(".1f", missing="diverged") == "350.0 (300.0–diverged)"
+    finite = vglib.SeedSpread((0, 1), (0.25, 0.75))
+    assert finite.text(".2f") == f"{finite:.2f}" == "0.50 (0.25–0.75)"
+    never = vglib.SeedSpread((0, 1, 2), (math.inf,) * 3)
+    assert never.text(".0f") == "never (never–never)"

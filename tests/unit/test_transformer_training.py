@@ -120,7 +120,7 @@ def test_the_lr_choice_follows_the_grid_rule_on_a_hand_made_table():
     assert tt.tied_rates(runs, c) == []  # 1e-2's 0.95 is alone; 1e-1 had a diverged seed
 
 
-def test_summaries_on_a_hand_made_table():
+def test_summaries_on_a_hand_made_table(monkeypatch):
     c, runs = _table()
     s = tt.summarize_recall(runs, c)
     assert (s.lr, s.test.values, s.trained, s.diverged, s.seeds) == (1e-2, (0.95, 0.91, 0.97), 3, 0, 3)
@@ -129,6 +129,11 @@ def test_summaries_on_a_hand_made_table():
     assert s.reached == 3
     assert s.row() == {"chosen lr": "1.0e-02", "final test accuracy": "0.95 (0.91–0.97)",
                        "updates to 0.9": "20 (10–20)", "seeds trained": "3 of 3"}  # fmt: skip
+    glued = {}
+    monkeypatch.setattr(vg._glue, "glue", lambda name, value, fmt=None: glued.setdefault(name, value))
+    s.glue("b6_pre")  # what the page glues: the row's cells under the group's prefix
+    assert glued == {"b6_pre_lr": "1.0e-02", "b6_pre_acc": "0.95 (0.91–0.97)", "b6_pre_steps": "20 (10–20)",
+                     "b6_pre_reached": 3}  # fmt: skip
     by_lr = tt.spread_by_lr(runs, c)
     assert list(by_lr) == [1e-3, 1e-2, 1e-1] and math.isnan(by_lr[1e-1].values[2])
     assert tt.warmup_relation(runs, c, 1e-1, 5) == "above"  # a diverged seed ranks below all
